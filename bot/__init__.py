@@ -1,0 +1,1 @@
+"""The running service: Slack wiring, terminal front end, adapters (Consul, nginx, probes), config, CLI."""

@@ -1,0 +1,127 @@
+"""The `upstream-bot` command line: serve, demo, run, check-config, agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bot.config import Config, ConfigError, config_path, environment_problems, load_config
+from commands.service import Outcome
+
+EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_FAILED = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="upstream-bot", description="Slack ChatOps for Nginx upstreams in Consul")
+    parser.add_argument("--config", help="config file (default: $UPSTREAM_BOT_CONFIG or ./upstream-bot.yml)")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="the bot: Socket Mode (SLACK_APP_TOKEN) or --http")
+    serve.add_argument("--http", action="store_true", help="serve Slack's HTTP requests at POST /slack/events")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--host", default="127.0.0.1")
+
+    demo = sub.add_parser("demo", help="local sandbox with a terminal chat (no Slack, no Consul needed)")
+    demo.add_argument("--base-port", type=int, default=9001, help="first sample service port (default 9001)")
+
+    run = sub.add_parser("run", help='one command from a shell or CI, e.g. run "/drain 10.0.0.5:9000" --yes')
+    run.add_argument("line", help='the command, e.g. "/upstream status app"')
+    run.add_argument("--yes", "-y", action="store_true", help="confirm every confirmation")
+
+    check = sub.add_parser("check-config", help="validate the config and the secrets it refers to")
+    check.add_argument("--connect", action="store_true", help="also check that Consul answers")
+
+    sub.add_parser("agent", help="the per-node agent executor")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    path = config_path(args.config, os.environ)
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"config {path} has {len(error.problems)} problem(s):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    problems, notes = environment_problems(config, os.environ)
+    if args.connect:
+        from bot.consul_store import ConsulStore
+        from commands.errors import StoreError
+
+        store = ConsulStore(config.consul.addresses, config.consul.prefix, config.consul.token, config.consul.timeout)
+        for app in config.apps.values():
+            try:
+                asyncio.run(store.read(app.upstream))
+            except StoreError as error:
+                problems.append(f"apps.{app.name}: {error.message}")
+    for note in notes:
+        print(f"note: {note}")
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        print(f"{config.source}: {len(problems)} problem(s)")
+        return EXIT_CONFIG
+    print(f"{config.source}: OK ({len(config.apps)} app(s): {', '.join(sorted(config.apps)) or 'none'})")
+    return EXIT_OK
+
+
+async def _run(config: Config, line: str, yes: bool) -> int:
+    from bot.runtime import service_for
+    from bot.terminal import TerminalFrontEnd
+
+    async with service_for(config) as service:
+        outcome = await TerminalFrontEnd(service, assume_yes=yes).run_line(line)
+    return {
+        Outcome.DONE: EXIT_OK,
+        Outcome.PENDING: EXIT_REFUSED,
+        Outcome.REFUSED: EXIT_REFUSED,
+        Outcome.FAILED: EXIT_FAILED,
+    }[outcome]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        from bot.demo import run_demo
+
+        try:
+            return asyncio.run(run_demo(args.base_port))
+        except KeyboardInterrupt:
+            return EXIT_OK
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "agent":
+        print(
+            "error: the node agent is not part of this version of upstream-bot yet; "
+            "use release.executor: ssh or local.",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    config = _load(args)
+    if config is None:
+        return EXIT_CONFIG
+    if args.command == "run":
+        return asyncio.run(_run(config, args.line, args.yes))
+    from bot.serve import serve
+
+    try:
+        return asyncio.run(serve(config, http=args.http, host=args.host, port=args.port))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The YAML config: read, validated (every problem named with its path), turned into settings."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from bot.durations import parse_duration
+from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings
+
+DEFAULT_PATH = "./upstream-bot.yml"
+_SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_STEP = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_EXECUTORS = ("ssh", "agent", "local")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ConsulConfig:
+    addresses: tuple[str, ...] = ("http://127.0.0.1:8500",)
+    prefix: str = "upstreams"
+    token: str | None = None
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    channel: str | None = None
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    user: str = "deploy"
+    key: str | None = None
+    known_hosts: str | None = None
+    port: int = 22
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    consul: ConsulConfig = field(default_factory=ConsulConfig)
+    slack: SlackConfig = field(default_factory=SlackConfig)
+    apps: dict[str, AppSettings] = field(default_factory=dict)
+    ssh: SshConfig = field(default_factory=SshConfig)
+    source: str = "<built in>"
+
+
+def normalise_address(address: str) -> str:
+    address = address.strip().rstrip("/")
+    return address if "://" in address else f"http://{address}"
+
+
+class _Reader:
+    """Walks the YAML tree, collecting every problem with its dotted path instead of stopping at one."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def mapping(self, value: Any, path: str, known: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(path, f"expected a mapping with keys {', '.join(known)}")
+            return {}
+        for key in value:
+            if key not in known:
+                self.problem(f"{path}.{key}" if path else str(key), f"unknown key (known here: {', '.join(known)})")
+        return dict(value)
+
+    def get(self, data: dict[str, Any], key: str, path: str, convert: Callable[[Any], Any], default: Any) -> Any:
+        if key not in data or data[key] is None:
+            return default
+        try:
+            return convert(data[key])
+        except (ValueError, TypeError) as error:
+            self.problem(f"{path}.{key}" if path else key, str(error))
+            return default
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _url(value: Any) -> str:
+    text = _string(value)
+    parsed = urlparse(text.replace("{host}", "h").replace("{port}", "1"))
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    return text
+
+
+def _positive_int(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
+    path = f"apps.{name}"
+    if not _NAME.match(str(name)):
+        reader.problem(path, "an app name is letters, digits, '.', '_' or '-' (it is typed in commands)")
+    data = reader.mapping(raw, path, ("upstream", "nginx", "health", "release", "approvers", "approval"))
+    upstream = reader.get(data, "upstream", path, _string, str(name))
+    if "/" in upstream:
+        reader.problem(f"{path}.upstream", f"{upstream!r}: the upstream is one folder name, without '/'")
+
+    n_path = f"{path}.nginx"
+    n = reader.mapping(data.get("nginx"), n_path, ("status_url", "list_url", "upsync_interval"))
+    nginx = NginxSettings(
+        status_url=reader.get(n, "status_url", n_path, _url, None),
+        list_url=reader.get(n, "list_url", n_path, _url, None),
+        upsync_interval=reader.get(n, "upsync_interval", n_path, parse_duration, 0.5),
+    )
+
+    h_path = f"{path}.health"
+    h = reader.mapping(data.get("health"), h_path, ("url", "interval", "timeout", "window", "rise"))
+    health = HealthSettings(
+        url=reader.get(h, "url", h_path, _url, None),
+        interval=reader.get(h, "interval", h_path, parse_duration, 10.0),
+        timeout=reader.get(h, "timeout", h_path, parse_duration, 3.0),
+        window=reader.get(h, "window", h_path, parse_duration, 120.0),
+        rise=reader.get(h, "rise", h_path, _positive_int(1, 100), 2),
+    )
+    if health.interval <= 0:
+        reader.problem(f"{h_path}.interval", "must be more than 0")
+    if health.timeout > health.interval > 0:
+        reader.problem(f"{h_path}.timeout", "is longer than health.interval: probes would overlap")
+    if health.window < health.interval:
+        reader.problem(f"{h_path}.window", "is shorter than health.interval: no probe fits in the window")
+
+    r_path = f"{path}.release"
+    r = reader.mapping(
+        data.get("release"), r_path, ("executor", "drain_wait", "steps", "step_timeout", "version_pattern")
+    )
+    steps: dict[str, str] = {}
+    raw_steps = reader.mapping(r.get("steps"), f"{r_path}.steps", tuple(r.get("steps") or ()))
+    for step, command in raw_steps.items():
+        if not _STEP.match(str(step)):
+            reader.problem(f"{r_path}.steps.{step}", "a step name is lower-case letters, digits, '_' or '-'")
+        elif not isinstance(command, str) or not command.strip():
+            reader.problem(f"{r_path}.steps.{step}", "expected a shell command (a string)")
+        else:
+            steps[str(step)] = command
+    pattern = reader.get(r, "version_pattern", r_path, _string, ReleaseSettings.version_pattern)
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        reader.problem(f"{r_path}.version_pattern", f"not a regular expression: {error}")
+    release = ReleaseSettings(
+        executor=reader.get(r, "executor", r_path, _choice(*_EXECUTORS), "local"),
+        drain_wait=reader.get(r, "drain_wait", r_path, parse_duration, 2.0),
+        steps=steps,
+        step_timeout=reader.get(r, "step_timeout", r_path, parse_duration, 300.0),
+        version_pattern=pattern,
+    )
+
+    approvers: list[str] = []
+    raw_approvers = data.get("approvers") or []
+    if not isinstance(raw_approvers, list):
+        reader.problem(f"{path}.approvers", "expected a list of Slack IDs, e.g. [U2BOB, S0OPS]")
+        raw_approvers = []
+    for i, who in enumerate(raw_approvers):
+        if not isinstance(who, str) or not _SLACK_ID.match(who):
+            reader.problem(
+                f"{path}.approvers[{i}]",
+                f"{who!r} is not a Slack user ID (U..., W...) or user-group ID (S...); display names "
+                "are refused because anyone can change theirs",
+            )
+        else:
+            approvers.append(who)
+    approval = reader.get(data, "approval", path, _choice("required", "none"), "none")
+    if approval == "required" and not approvers:
+        reader.problem(f"{path}.approval", "is 'required' but the app has no approvers")
+    return AppSettings(str(name), upstream, nginx, health, release, tuple(approvers), approval)
+
+
+def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> Config:
+    reader = _Reader()
+    top = reader.mapping(raw, "", ("consul", "slack", "apps", "ssh"))
+
+    c = reader.mapping(top.get("consul"), "consul", ("addresses", "prefix", "timeout"))
+    addresses_raw = c.get("addresses", ["http://127.0.0.1:8500"])
+    if isinstance(addresses_raw, str):
+        addresses_raw = [addresses_raw]
+    addresses: list[str] = []
+    if not isinstance(addresses_raw, list) or not addresses_raw:
+        reader.problem("consul.addresses", "expected a list of addresses, e.g. [http://127.0.0.1:8500]")
+    else:
+        for i, address in enumerate(addresses_raw):
+            try:
+                addresses.append(normalise_address(_url(normalise_address(str(address)))))
+            except ValueError as error:
+                reader.problem(f"consul.addresses[{i}]", str(error))
+    if env.get("CONSUL_HTTP_ADDR", "").strip():
+        addresses = [normalise_address(a) for a in env["CONSUL_HTTP_ADDR"].split(",") if a.strip()]
+    prefix = reader.get(c, "prefix", "consul", _string, "upstreams").strip("/")
+    consul = ConsulConfig(
+        addresses=tuple(addresses) or ("http://127.0.0.1:8500",),
+        prefix=prefix,
+        token=env.get("CONSUL_HTTP_TOKEN") or None,
+        timeout=reader.get(c, "timeout", "consul", parse_duration, 5.0),
+    )
+
+    s = reader.mapping(top.get("slack"), "slack", ("channel",))
+    slack = SlackConfig(channel=reader.get(s, "channel", "slack", _string, None))
+
+    apps: dict[str, AppSettings] = {}
+    raw_apps = top.get("apps") or {}
+    if not isinstance(raw_apps, Mapping):
+        reader.problem("apps", "expected a mapping of app name to its settings")
+        raw_apps = {}
+    for name, app_raw in raw_apps.items():
+        apps[str(name)] = _parse_app(reader, str(name), app_raw)
+
+    h = reader.mapping(top.get("ssh"), "ssh", ("user", "key", "known_hosts", "port", "connect_timeout"))
+    ssh = SshConfig(
+        user=reader.get(h, "user", "ssh", _string, "deploy"),
+        key=reader.get(h, "key", "ssh", _string, None),
+        known_hosts=reader.get(h, "known_hosts", "ssh", _string, None),
+        port=reader.get(h, "port", "ssh", _positive_int(1, 65535), 22),
+        connect_timeout=reader.get(h, "connect_timeout", "ssh", parse_duration, 10.0),
+    )
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return Config(consul, slack, apps, ssh, source)
+
+
+def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
+    return cli_path or env.get("UPSTREAM_BOT_CONFIG") or DEFAULT_PATH
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError([f"{path}: no such file (set UPSTREAM_BOT_CONFIG or pass --config)"])
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    return parse_config(raw, env, source=path)
+
+
+def environment_problems(config: Config, env: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """(problems, notes) about the secrets and files the config and the environment refer to."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for name, prefix in (("SLACK_BOT_TOKEN", "xoxb-"), ("SLACK_APP_TOKEN", "xapp-")):
+        value = env.get(name)
+        if value and not value.startswith(prefix):
+            problems.append(f"env {name}: does not start with {prefix!r}")
+    if not env.get("SLACK_BOT_TOKEN"):
+        notes.append("env SLACK_BOT_TOKEN: not set (serve needs it)")
+    if not env.get("SLACK_APP_TOKEN") and not env.get("SLACK_SIGNING_SECRET"):
+        notes.append("env SLACK_APP_TOKEN / SLACK_SIGNING_SECRET: neither set (serve needs one: Socket Mode or --http)")
+    if any(app.release.executor == "ssh" for app in config.apps.values()):
+        for key in ("key", "known_hosts"):
+            value = getattr(config.ssh, key)
+            if value is None:
+                problems.append(f"ssh.{key}: not set, but an app uses release.executor: ssh")
+            elif not os.access(value, os.R_OK):
+                problems.append(f"ssh.{key}: {value} is not a readable file")
+    if not config.slack.channel:
+        notes.append("slack.channel: not set; results go to the channel a command came from")
+    return problems, notes

@@ -1,0 +1,64 @@
+"""`upstream-bot demo`: a local sandbox with a terminal chat, no Slack and no external services.
+
+An in-memory Consul stand-in on loopback, three sample services registered under `upstreams/app/`
+exactly as nginx-upsync-module expects, and a prompt that takes the same commands as Slack.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from bot.config import Config, ConsulConfig
+from bot.processes import port_free, start_sample_service, stop
+from bot.runtime import service_for
+from bot.standins.consul import ConsulStandIn
+from bot.standins.server_thread import ServerThread
+from bot.terminal import TerminalFrontEnd
+from commands.servers import DEFAULTS, encode
+from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings
+
+BANNER = """upstream-bot demo: Consul stand-in at {consul}, app served by {servers}.
+Try:  /upstream status app   /drain {first}   /undrain {first}   /upstream add app 127.0.0.1:PORT
+      help, exit"""
+
+
+def demo_config(consul_url: str, ports: list[int]) -> Config:
+    app = AppSettings(
+        name="app",
+        upstream="app",
+        nginx=NginxSettings(upsync_interval=0.5),
+        health=HealthSettings(url="http://{host}:{port}/ping", interval=10.0, timeout=2.0, window=120.0, rise=2),
+        release=ReleaseSettings(executor="local", drain_wait=1.0),
+    )
+    return Config(consul=ConsulConfig(addresses=(consul_url,)), apps={"app": app}, source="<demo>")
+
+
+async def run_demo(base_port: int = 9001, count: int = 3) -> int:
+    ports = list(range(base_port, base_port + count))
+    busy = [p for p in ports if not port_free(p)]
+    if busy:
+        print(
+            f"error: port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; stop what uses them "
+            f"or pass --base-port N."
+        )
+        return 2
+    standin = ConsulStandIn()
+    for port in ports:
+        standin.put_value(f"upstreams/app/127.0.0.1:{port}", encode(dict(DEFAULTS)))
+    server = ServerThread(standin.app()).start()
+    services: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            services.append(start_sample_service(port))
+        config = demo_config(server.url, ports)
+        async with service_for(config) as service:
+            front = TerminalFrontEnd(service, user="local:demo")
+            await front.repl(
+                BANNER.format(
+                    consul=server.url, servers=", ".join(f"127.0.0.1:{p}" for p in ports), first=f"127.0.0.1:{ports[0]}"
+                )
+            )
+        return 0
+    finally:
+        stop(services)
+        server.stop()

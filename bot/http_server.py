@@ -1,0 +1,25 @@
+"""HTTP transport for Slack: `POST /slack/events` (commands, interactivity) and `GET /healthz`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+
+
+def build_web_app(app: AsyncApp) -> web.Application:
+    async def events(request: web.Request) -> web.Response:
+        bolt_response = await app.async_dispatch(await to_bolt_request(request))
+        response = await to_aiohttp_response(bolt_response)
+        if response.status == 200:
+            # Taken: handlers are idempotent, but a retry would only repeat work.
+            response.headers["X-Slack-No-Retries"] = "1"
+        return response
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    web_app = web.Application()
+    web_app.router.add_post("/slack/events", events)
+    web_app.router.add_get("/healthz", healthz)
+    return web_app

@@ -1,0 +1,51 @@
+"""`upstream-bot serve`: the Slack bot, over Socket Mode or HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from aiohttp import web
+
+from bot.config import Config
+from bot.http_server import build_web_app
+from bot.runtime import service_for
+from bot.slack_app import SlackFrontEnd, build_app, make_client, warm_up
+
+log = logging.getLogger(__name__)
+
+
+async def serve(config: Config, http: bool, host: str, port: int) -> int:
+    token = os.environ.get("SLACK_BOT_TOKEN")
+    if not token:
+        print("error: SLACK_BOT_TOKEN is not set (the bot token, xoxb-...).", file=sys.stderr)
+        return 2
+    app_token = os.environ.get("SLACK_APP_TOKEN")
+    secret = os.environ.get("SLACK_SIGNING_SECRET")
+    if http and not secret:
+        print("error: --http needs SLACK_SIGNING_SECRET to verify Slack's requests.", file=sys.stderr)
+        return 2
+    if not http and not app_token:
+        print("error: set SLACK_APP_TOKEN (xapp-...) for Socket Mode, or pass --http --port N.", file=sys.stderr)
+        return 2
+    async with service_for(config) as service:
+        front = SlackFrontEnd(service, make_client(token, os.environ.get("SLACK_API_URL")), config.slack.channel)
+        app = build_app(front, secret if http else None)
+        await warm_up(app)
+        if http:
+            runner = web.AppRunner(build_web_app(app), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+            print(f"upstream-bot serving Slack at http://{host}:{port}/slack/events", flush=True)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await runner.cleanup()
+        else:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            print("upstream-bot connecting to Slack in Socket Mode", flush=True)
+            await AsyncSocketModeHandler(app, app_token).start_async()
+    return 0

@@ -1,0 +1,388 @@
+"""A Consul HTTP API stand-in, written from Consul's API docs: the parts upstream-bot and
+nginx-upsync-module use.
+
+- KV: GET (one key, `recurse`, `keys` with `separator`, blocking `index`/`wait`), PUT (`cas`,
+  `flags`, `acquire`, `release`; answers `true`/`false`), DELETE (`recurse`, `cas`). Values are
+  base64 in JSON answers; `X-Consul-Index` on every KV answer; 404 for a missing key or empty prefix.
+- Sessions: create (TTL 10s..86400s, Behavior release|delete, LockDelay), renew, destroy, info,
+  list; an expired session releases (or deletes) its locks.
+- status/leader and status/peers.
+- ACL: when `token` is set, a request without it gets 403 `Permission denied`, with another token
+  403 `ACL not found` (header `X-Consul-Token` or `?token=`).
+- Faults for tests and benchmarks: `delay` (seconds before every answer) and `leaderless` (500
+  `No cluster leader`), settable in process or with `PUT /_standin/faults` {"delay": 2}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+MAX_WAIT = 600.0
+DEFAULT_WAIT = 300.0
+
+
+@dataclass
+class _Entry:
+    value: bytes
+    flags: int
+    create_index: int
+    modify_index: int
+    lock_index: int = 0
+    session: str | None = None
+
+
+@dataclass
+class _Session:
+    id: str
+    name: str
+    ttl: float | None
+    behavior: str
+    lock_delay: float
+    create_index: int
+    expires_at: float | None = None
+    node: str = "standin"
+
+
+@dataclass
+class Faults:
+    delay: float = 0.0
+    leaderless: bool = False
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?", text.strip())
+    if not match:
+        raise ValueError(text)
+    unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
+    return float(match.group(1)) * unit
+
+
+@dataclass
+class ConsulStandIn:
+    token: str | None = None
+    faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        self.kv: dict[str, _Entry] = {}
+        self.tombstones: dict[str, int] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.index = 1
+        self.requests = 0
+        self._changed: asyncio.Condition | None = None
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    def _bump(self) -> int:
+        self.index += 1
+        return self.index
+
+    async def _notify(self) -> None:
+        async with self._condition():
+            self._condition().notify_all()
+
+    def put_value(self, key: str, value: str | bytes, flags: int = 0) -> int:
+        """Write directly (seeding, tests). Returns the new ModifyIndex. Wakes no waiter by itself."""
+        raw = value.encode() if isinstance(value, str) else value
+        index = self._bump()
+        entry = self.kv.get(key)
+        if entry is None:
+            self.kv[key] = _Entry(raw, flags, index, index)
+        else:
+            entry.value, entry.flags, entry.modify_index = raw, flags, index
+        self.tombstones.pop(key, None)
+        if self._changed is not None:
+            asyncio.get_running_loop().create_task(self._notify())
+        return index
+
+    def get_value(self, key: str) -> bytes | None:
+        entry = self.kv.get(key)
+        return None if entry is None else entry.value
+
+    def _prefix_index(self, prefix: str, recurse: bool) -> int:
+        indexes = [e.modify_index for k, e in self.kv.items() if (k.startswith(prefix) if recurse else k == prefix)]
+        indexes += [i for k, i in self.tombstones.items() if (k.startswith(prefix) if recurse else k == prefix)]
+        return max(indexes) if indexes else self.index
+
+    def _expire_sessions(self) -> bool:
+        now = time.monotonic()
+        expired = [s for s in self.sessions.values() if s.expires_at is not None and s.expires_at <= now]
+        for session in expired:
+            self._destroy(session.id)
+        return bool(expired)
+
+    def _destroy(self, session_id: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        for key, entry in list(self.kv.items()):
+            if entry.session == session_id:
+                if session.behavior == "delete":
+                    del self.kv[key]
+                    self.tombstones[key] = self._bump()
+                else:
+                    entry.session = None
+                    entry.modify_index = self._bump()
+
+    # -- HTTP --------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_route("*", "/v1/kv/{key:.*}", self._kv)
+        app.router.add_put("/v1/session/create", self._session_create)
+        app.router.add_put("/v1/session/destroy/{id}", self._session_destroy)
+        app.router.add_put("/v1/session/renew/{id}", self._session_renew)
+        app.router.add_get("/v1/session/info/{id}", self._session_info)
+        app.router.add_get("/v1/session/list", self._session_list)
+        app.router.add_get("/v1/status/leader", self._leader)
+        app.router.add_get("/v1/status/peers", self._peers)
+        app.router.add_put("/_standin/faults", self._set_faults)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        self.requests += 1
+        if request.path.startswith("/_standin/"):
+            return await handler(request)
+        if self.faults.delay:
+            await asyncio.sleep(self.faults.delay)
+        if self.faults.leaderless:
+            return web.Response(status=500, text="No cluster leader")
+        if self.token is not None:
+            given = request.headers.get("X-Consul-Token") or request.query.get("token")
+            if not given:
+                return web.Response(status=403, text="Permission denied")
+            if given != self.token:
+                return web.Response(status=403, text="ACL not found")
+        if self._expire_sessions():
+            await self._notify()
+        return await handler(request)
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.faults.delay = float(body.get("delay", self.faults.delay))
+        self.faults.leaderless = bool(body.get("leaderless", self.faults.leaderless))
+        return web.json_response({"delay": self.faults.delay, "leaderless": self.faults.leaderless})
+
+    async def _kv(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        if request.method == "GET":
+            return await self._kv_get(request, key)
+        if request.method == "PUT":
+            return await self._kv_put(request, key)
+        if request.method == "DELETE":
+            return await self._kv_delete(request, key)
+        return web.Response(status=405, text="method not allowed")
+
+    def _entry_json(self, key: str, entry: _Entry) -> dict[str, object]:
+        item: dict[str, object] = {
+            "LockIndex": entry.lock_index,
+            "Key": key,
+            "Flags": entry.flags,
+            "Value": base64.b64encode(entry.value).decode() if entry.value else None,
+            "CreateIndex": entry.create_index,
+            "ModifyIndex": entry.modify_index,
+        }
+        if entry.session:
+            item["Session"] = entry.session
+        return item
+
+    async def _kv_get(self, request: web.Request, key: str) -> web.Response:
+        query = request.query
+        recurse = "recurse" in query
+        keys_only = "keys" in query
+        prefix_match = recurse or keys_only
+        try:
+            wanted = int(query.get("index", "0") or 0)
+            wait = min(_duration(query["wait"]), MAX_WAIT) if "wait" in query else DEFAULT_WAIT
+        except ValueError:
+            return web.Response(status=400, text="Invalid index or wait")
+        if wanted > 0:
+            deadline = time.monotonic() + wait
+            async with self._condition():
+                while self._prefix_index(key, prefix_match) <= wanted:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(self._condition().wait(), timeout=min(left, 1.0))
+                    except TimeoutError:
+                        if self._expire_sessions():
+                            self._condition().notify_all()
+        headers = {
+            "X-Consul-Index": str(self._prefix_index(key, prefix_match)),
+            "X-Consul-KnownLeader": "true",
+            "X-Consul-LastContact": "0",
+        }
+        if keys_only:
+            separator = query.get("separator", "")
+            found: list[str] = []
+            for k in sorted(self.kv):
+                if not k.startswith(key):
+                    continue
+                if separator:
+                    cut = k.find(separator, len(key))
+                    if cut >= 0:
+                        k = k[: cut + len(separator)]
+                if k not in found:
+                    found.append(k)
+            if not found:
+                return web.Response(status=404, headers=headers)
+            return web.json_response(found, headers=headers)
+        if recurse:
+            items = [self._entry_json(k, e) for k, e in sorted(self.kv.items()) if k.startswith(key)]
+        else:
+            items = [self._entry_json(key, self.kv[key])] if key in self.kv else []
+        if not items:
+            return web.Response(status=404, headers=headers)
+        if "raw" in query and not recurse:
+            return web.Response(body=self.kv[key].value, headers=headers)
+        return web.json_response(items, headers=headers)
+
+    async def _kv_put(self, request: web.Request, key: str) -> web.Response:
+        query = request.query
+        body = await request.read()
+        entry = self.kv.get(key)
+        flags = int(query.get("flags", entry.flags if entry else 0))
+        if "cas" in query:
+            cas = int(query["cas"])
+            if (cas == 0 and entry is not None) or (cas != 0 and (entry is None or entry.modify_index != cas)):
+                return web.json_response(False)
+        if "acquire" in query:
+            session = self.sessions.get(query["acquire"])
+            if session is None:
+                return web.Response(status=500, text=f'invalid session "{query["acquire"]}"')
+            if entry is not None and entry.session and entry.session != session.id:
+                return web.json_response(False)
+            index = self._bump()
+            if entry is None:
+                entry = self.kv[key] = _Entry(body, flags, index, index)
+            else:
+                entry.value, entry.flags, entry.modify_index = body, flags, index
+            if entry.session != session.id:
+                entry.lock_index += 1
+            entry.session = session.id
+        elif "release" in query:
+            if entry is None or entry.session != query["release"]:
+                return web.json_response(False)
+            entry.value, entry.flags, entry.modify_index = body, flags, self._bump()
+            entry.session = None
+        else:
+            index = self._bump()
+            if entry is None:
+                self.kv[key] = _Entry(body, flags, index, index)
+            else:
+                entry.value, entry.flags, entry.modify_index = body, flags, index
+        self.tombstones.pop(key, None)
+        await self._notify()
+        return web.json_response(True)
+
+    async def _kv_delete(self, request: web.Request, key: str) -> web.Response:
+        query = request.query
+        if "recurse" in query:
+            doomed = [k for k in self.kv if k.startswith(key)]
+        else:
+            entry = self.kv.get(key)
+            if "cas" in query and (entry is None or entry.modify_index != int(query["cas"])):
+                return web.json_response(False)
+            doomed = [key] if entry is not None else []
+        for k in doomed:
+            del self.kv[k]
+            self.tombstones[k] = self._bump()
+        await self._notify()
+        return web.json_response(True)
+
+    def _session_json(self, s: _Session) -> dict[str, object]:
+        return {
+            "ID": s.id,
+            "Name": s.name,
+            "Node": s.node,
+            "LockDelay": int(s.lock_delay * 1e9),
+            "Behavior": s.behavior,
+            "TTL": f"{s.ttl:g}s" if s.ttl else "",
+            "CreateIndex": s.create_index,
+            "ModifyIndex": s.create_index,
+            "NodeChecks": ["serfHealth"],
+            "ServiceChecks": None,
+        }
+
+    async def _session_create(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        ttl = None
+        if body.get("TTL"):
+            try:
+                ttl = _duration(body["TTL"])
+            except ValueError:
+                return web.Response(status=400, text=f"Request decode failed: invalid TTL {body['TTL']!r}")
+            if not 10 <= ttl <= 86400:
+                return web.Response(
+                    status=400, text=f"Invalid Session TTL '{body['TTL']}', must be between [10s=24h0m0s]"
+                )
+        behavior = body.get("Behavior", "release")
+        if behavior not in ("release", "delete"):
+            return web.Response(status=400, text=f"Invalid Behavior setting '{behavior}'")
+        lock_delay = _duration(str(body.get("LockDelay", "15s")))
+        session = _Session(str(uuid.uuid4()), str(body.get("Name", "")), ttl, behavior, lock_delay, self._bump())
+        if ttl:
+            session.expires_at = time.monotonic() + ttl
+        self.sessions[session.id] = session
+        return web.json_response({"ID": session.id})
+
+    async def _session_destroy(self, request: web.Request) -> web.Response:
+        self._destroy(request.match_info["id"])
+        await self._notify()
+        return web.json_response(True)
+
+    async def _session_renew(self, request: web.Request) -> web.Response:
+        session = self.sessions.get(request.match_info["id"])
+        if session is None:
+            return web.Response(status=404, text=f"Session id '{request.match_info['id']}' not found")
+        if session.ttl:
+            session.expires_at = time.monotonic() + session.ttl
+        return web.json_response([self._session_json(session)])
+
+    async def _session_info(self, request: web.Request) -> web.Response:
+        session = self.sessions.get(request.match_info["id"])
+        headers = {"X-Consul-Index": str(self.index)}
+        if session is None:
+            return web.json_response(None, headers=headers)
+        return web.json_response([self._session_json(session)], headers=headers)
+
+    async def _session_list(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [self._session_json(s) for s in self.sessions.values()], headers={"X-Consul-Index": str(self.index)}
+        )
+
+    async def _leader(self, request: web.Request) -> web.Response:
+        return web.json_response("127.0.0.1:8300")
+
+    async def _peers(self, request: web.Request) -> web.Response:
+        return web.json_response(["127.0.0.1:8300"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Consul HTTP API stand-in (loopback only)")
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
+    args = parser.parse_args()
+    standin = ConsulStandIn(token=args.token, faults=Faults(delay=args.delay))
+    print(json.dumps({"listening": f"http://127.0.0.1:{args.port}"}), flush=True)
+    web.run_app(standin.app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""What commands emit. Both front ends (Slack, terminal) render these and nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from commands.addresses import ServerAddress
+from commands.interfaces import ProbeResult
+from commands.plans import ChangePlan, ChangeResult
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    address: ServerAddress
+    weight: int
+    max_fails: int
+    fail_timeout: int
+    drained: bool
+    invalid_value: str | None = None
+    nginx_check: str | None = None  # "up" / "down" / "unknown" (not in check_status); None: not configured
+    nginx_listed: str | None = None  # "serving" / "drained" / "missing"; None: not configured
+    probe: ProbeResult | None = None
+    disagreement: str | None = None
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(
+            self.drained
+            or self.disagreement
+            or self.invalid_value
+            or self.nginx_check == "down"
+            or (self.probe is not None and not self.probe.healthy)
+        )
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    app: str
+    upstream: str
+    servers: tuple[ServerStatus, ...]
+    notes: tuple[str, ...] = ()  # nginx not readable, skipped keys, servers nginx has but Consul not
+    page: int = 1
+
+    @property
+    def serving(self) -> int:
+        return sum(1 for s in self.servers if not s.drained)
+
+    @property
+    def summary(self) -> str:
+        total = len(self.servers)
+        parts = [f"{self.app}: {self.serving} of {total} serving"]
+        down = sum(1 for s in self.servers if s.nginx_check == "down")
+        if down:
+            parts.append(f"{down} down in nginx's check")
+        sick = sum(1 for s in self.servers if s.probe is not None and not s.probe.healthy)
+        if sick:
+            parts.append(f"{sick} failing the probe")
+        disagreements = sum(1 for s in self.servers if s.disagreement)
+        if disagreements:
+            parts.append(f"{disagreements} disagreement{'s' if disagreements > 1 else ''} between Consul and nginx")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ConfirmationNeeded:
+    """Ask the requester before applying `plan`. Stage 2 is the second, explicit confirmation."""
+
+    plan: ChangePlan
+    stage: int = 1
+
+
+@dataclass(frozen=True)
+class ChangeApplied:
+    """The result of a confirmed change, for the channel: who, what, when."""
+
+    plan: ChangePlan
+    actor: str
+    results: tuple[ChangeResult, ...]
+    at: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Information for the requester only (e.g. `probe skipped (--force)`)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A refusal or an error, for the requester only. Nothing was changed unless `text` says so."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Help:
+    text: str
+
+
+Event = StatusReport | ConfirmationNeeded | ChangeApplied | Notice | Problem | Help
+
+
+class Notifier(Protocol):
+    async def emit(self, event: Event) -> None: ...

@@ -1,0 +1,197 @@
+"""The command grammar: slash-command text -> a typed request, or a usage error that says why."""
+
+from __future__ import annotations
+
+import re
+
+from commands.addresses import ServerAddress
+from commands.errors import UsageError
+from commands.requests import (
+    AddRequest,
+    DrainRequest,
+    HelpRequest,
+    ReleaseAbortRequest,
+    ReleaseRequest,
+    ReleaseStatusRequest,
+    RemoveRequest,
+    Request,
+    StatusRequest,
+    UndrainRequest,
+)
+
+COMMANDS = ("/upstream", "/drain", "/undrain", "/release")
+
+USAGE: dict[str, str] = {
+    "/upstream": (
+        "`/upstream status <app> [--page N]`: every server, drained or serving, up or down\n"
+        "`/upstream add <app> <ip:port> [weight=N]`: probe, then add the server (serving)\n"
+        "`/upstream remove <app> <ip:port>`: drain, then remove the server"
+    ),
+    "/drain": "`/drain <ip:port> [app] [--force]`: take a server out of traffic (asks first)",
+    "/undrain": "`/undrain <ip:port> [app] [--force]`: probe, then put a server back (`--force` skips the probe)",
+    "/release": (
+        "`/release <app> [--serial | --batch N | --batch N%] [--canary] [--version V] [--dry-run]`\n"
+        "`/release status <app>`, `/release abort <app>`"
+    ),
+}
+
+DEFAULT_VERSION_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def usage(command: str = "") -> str:
+    if command in USAGE:
+        return USAGE[command]
+    return "\n".join(USAGE[c] for c in COMMANDS)
+
+
+def _app_name(text: str, command: str) -> str:
+    if not _APP_NAME.match(text):
+        raise UsageError(f"`{text}` is not an app name (letters, digits, `.`, `_`, `-`).\n{usage(command)}")
+    return text
+
+
+def _split_flags(command: str, words: list[str], known: dict[str, bool]) -> tuple[list[str], dict[str, str]]:
+    """Separate `--flag [value]` from positional words. `known` maps a flag to whether it takes a value."""
+    positional: list[str] = []
+    flags: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("--"):
+            name, eq, value = word.partition("=")
+            if name not in known:
+                listed = ", ".join(f"`{k}`" for k in known) or "none"
+                raise UsageError(f"unknown flag `{name}` for {command} (known flags: {listed}).\n{usage(command)}")
+            if name in flags:
+                raise UsageError(f"`{name}` is given twice.\n{usage(command)}")
+            if known[name]:
+                if not eq:
+                    if i + 1 >= len(words) or words[i + 1].startswith("--"):
+                        raise UsageError(f"`{name}` needs a value.\n{usage(command)}")
+                    i += 1
+                    value = words[i]
+                flags[name] = value
+            else:
+                if eq:
+                    raise UsageError(f"`{name}` takes no value.\n{usage(command)}")
+                flags[name] = ""
+        elif word.startswith("—"):  # an em dash: Slack and phones turn `--` into one
+            raise UsageError(f"`{word}` starts with a dash `—`; flags start with two hyphens, e.g. `--force`.")
+        else:
+            positional.append(word)
+        i += 1
+    return positional, flags
+
+
+def _expect(command: str, positional: list[str], least: int, most: int, what: str) -> None:
+    if len(positional) < least:
+        raise UsageError(f"{command} needs {what}.\n{usage(command)}")
+    if len(positional) > most:
+        extra = " ".join(positional[most:])
+        raise UsageError(f"unexpected `{extra}` for {command}.\n{usage(command)}")
+
+
+def parse(command: str, text: str) -> Request:
+    """Parse the text after a slash command (`command` is e.g. `/drain`)."""
+    command = command.strip().lower()
+    words = text.split()
+    if command not in USAGE:
+        raise UsageError(f"unknown command `{command}`; known: {', '.join(COMMANDS)}.")
+    if not words or words[0] in ("help", "--help", "-h"):
+        return HelpRequest(command)
+    if command == "/upstream":
+        return _parse_upstream(words)
+    if command in ("/drain", "/undrain"):
+        positional, flags = _split_flags(command, words, {"--force": False})
+        _expect(command, positional, 1, 2, "a server address `<ip:port>`")
+        address = ServerAddress.parse(positional[0])
+        app = _app_name(positional[1], command) if len(positional) > 1 else None
+        kind = DrainRequest if command == "/drain" else UndrainRequest
+        return kind(address, app, "--force" in flags)
+    return _parse_release(words)
+
+
+def parse_line(line: str) -> Request:
+    """Parse a whole line such as `/drain 10.0.0.5:9000` (terminal and `upstream-bot run`)."""
+    line = line.strip()
+    if not line.startswith("/"):
+        raise UsageError(f"`{line}` is not a command: commands start with `/`.\n{usage()}")
+    command, _, rest = line.partition(" ")
+    return parse(command, rest)
+
+
+def _parse_upstream(words: list[str]) -> Request:
+    command = "/upstream"
+    sub, rest = words[0].lower(), words[1:]
+    if sub == "status":
+        positional, flags = _split_flags(command, rest, {"--page": True})
+        _expect(command, positional, 1, 1, "an app: `/upstream status <app>`")
+        page = 1
+        if "--page" in flags:
+            if not flags["--page"].isdigit() or int(flags["--page"]) < 1:
+                raise UsageError(f"`--page {flags['--page']}`: the page is a number from 1.")
+            page = int(flags["--page"])
+        return StatusRequest(_app_name(positional[0], command), page)
+    if sub == "add":
+        positional, _ = _split_flags(command, rest, {})
+        _expect(command, positional, 2, 3, "an app and a server: `/upstream add <app> <ip:port> [weight=N]`")
+        weight = 1
+        if len(positional) == 3:
+            name, eq, value = positional[2].partition("=")
+            if name != "weight" or not eq:
+                raise UsageError(f"`{positional[2]}`: the only option is `weight=N`.\n{usage(command)}")
+            if not value.isdigit() or not 1 <= int(value) <= 1000:
+                raise UsageError(
+                    f"`weight={value}`: weight is a whole number from 1 to 1000 "
+                    "(upsync turns 0 into 1: use /drain to take a server out)."
+                )
+            weight = int(value)
+        return AddRequest(_app_name(positional[0], command), ServerAddress.parse(positional[1]), weight)
+    if sub == "remove":
+        positional, _ = _split_flags(command, rest, {})
+        _expect(command, positional, 2, 2, "an app and a server: `/upstream remove <app> <ip:port>`")
+        return RemoveRequest(_app_name(positional[0], command), ServerAddress.parse(positional[1]))
+    raise UsageError(f"unknown subcommand `{words[0]}` for /upstream.\n{usage(command)}")
+
+
+def _parse_release(words: list[str]) -> Request:
+    command = "/release"
+    if words[0] in ("status", "abort") and len(words) >= 2:
+        _expect(command, words[1:], 1, 1, "an app")
+        app = _app_name(words[1], command)
+        return ReleaseStatusRequest(app) if words[0] == "status" else ReleaseAbortRequest(app)
+    known = {
+        "--serial": False,
+        "--batch": True,
+        "--canary": False,
+        "--version": True,
+        "--dry-run": False,
+        "--force": False,
+    }
+    positional, flags = _split_flags(command, words, known)
+    _expect(command, positional, 1, 1, "an app: `/release <app>`")
+    if "--serial" in flags and "--batch" in flags:
+        raise UsageError("`--serial` and `--batch` exclude each other: --serial is the same as --batch 1.")
+    batch, percent = 1, None
+    if "--batch" in flags:
+        value = flags["--batch"]
+        match = re.fullmatch(r"(\d{1,3})(%?)", value)
+        if not match or int(match.group(1)) < 1 or (match.group(2) and int(match.group(1)) > 100):
+            raise UsageError(f"`--batch {value}`: give a count (`--batch 2`) or a percentage (`--batch 25%`).")
+        if match.group(2):
+            percent = int(match.group(1))
+        else:
+            batch = int(match.group(1))
+    version = flags.get("--version")
+    if version is not None and not re.match(DEFAULT_VERSION_PATTERN, version):
+        raise UsageError(f"`--version {version}` is not a version: use 1 to 64 letters, digits, `.`, `_` or `-`.")
+    return ReleaseRequest(
+        app=_app_name(positional[0], command),
+        batch=batch,
+        batch_percent=percent,
+        canary="--canary" in flags,
+        version=version,
+        dry_run="--dry-run" in flags,
+        force="--force" in flags,
+    )

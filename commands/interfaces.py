@@ -1,0 +1,62 @@
+"""The small interfaces commands act through. `bot/` provides the real ones, tests may too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from commands.addresses import ServerAddress
+from commands.servers import Upstream
+
+
+class UpstreamStore(Protocol):
+    """Consul KV under `<prefix>/<upstream>/<ip>:<port>`; writes are check-and-set."""
+
+    async def read(self, upstream: str) -> Upstream:
+        """Every server of the upstream (empty when the folder is empty or missing)."""
+        ...
+
+    async def write(self, upstream: str, address: ServerAddress, fields: dict[str, Any], cas: int) -> bool:
+        """Write the entry if its ModifyIndex is still `cas` (0: only if it does not exist yet)."""
+        ...
+
+    async def delete(self, upstream: str, address: ServerAddress, cas: int) -> bool:
+        """Delete the entry if its ModifyIndex is still `cas`."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    healthy: bool
+    detail: str  # "200 OK", "timeout after 3s", "connection refused", ...
+    seconds: float = 0.0
+
+
+class Prober(Protocol):
+    async def probe(self, url: str, timeout: float) -> ProbeResult: ...
+
+
+@dataclass(frozen=True)
+class NginxView:
+    """What nginx itself says about an upstream's servers, keyed by `ip:port`.
+
+    `checks`: nginx_upstream_check_module's "up"/"down". `listed_down`: nginx-upsync-module's
+    `upstream_show` (True = listed with `down`). Either is None when not configured; `errors`
+    says what could not be read.
+    """
+
+    checks: dict[str, str] | None = None
+    listed_down: dict[str, bool] | None = None
+    errors: tuple[str, ...] = ()
+
+
+class NginxReader(Protocol):
+    async def read(self, upstream: str) -> NginxView: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...

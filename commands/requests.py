@@ -1,0 +1,82 @@
+"""Typed requests: what a command line means once parsed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from commands.addresses import ServerAddress
+
+
+@dataclass(frozen=True)
+class HelpRequest:
+    command: str  # "/upstream", "/drain", ... or "" for everything
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    app: str
+    page: int = 1
+
+
+@dataclass(frozen=True)
+class DrainRequest:
+    address: ServerAddress
+    app: str | None = None  # None: every configured app whose upstream lists the server
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class UndrainRequest:
+    address: ServerAddress
+    app: str | None = None
+    force: bool = False  # skip the health probe
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    app: str
+    address: ServerAddress
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class RemoveRequest:
+    app: str
+    address: ServerAddress
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    app: str
+    batch: int = 1  # servers drained at once; `batch_percent` wins when set
+    batch_percent: int | None = None
+    canary: bool = False
+    version: str | None = None
+    dry_run: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseStatusRequest:
+    app: str
+
+
+@dataclass(frozen=True)
+class ReleaseAbortRequest:
+    app: str
+
+
+Request = (
+    HelpRequest
+    | StatusRequest
+    | DrainRequest
+    | UndrainRequest
+    | AddRequest
+    | RemoveRequest
+    | ReleaseRequest
+    | ReleaseStatusRequest
+    | ReleaseAbortRequest
+)
+
+# Requests that change Consul: they are planned, confirmed, then applied.
+CHANGE_REQUESTS = (DrainRequest, UndrainRequest, AddRequest, RemoveRequest)

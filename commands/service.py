@@ -1,0 +1,444 @@
+"""The command logic: typed request in, events out, through the store, prober and nginx readers."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import replace
+
+from commands.addresses import ServerAddress
+from commands.errors import StoreError, UserError
+from commands.events import (
+    ChangeApplied,
+    ConfirmationNeeded,
+    Help,
+    Notice,
+    Notifier,
+    Problem,
+    ServerStatus,
+    StatusReport,
+)
+from commands.grammar import usage
+from commands.interfaces import Clock, NginxReader, NginxView, Prober, ProbeResult, UpstreamStore
+from commands.plans import (
+    CAS_ATTEMPTS,
+    ChangePlan,
+    ChangeResult,
+    KeyChange,
+    describe_difference,
+    new_entry_fields,
+    serving_after,
+)
+from commands.requests import (
+    AddRequest,
+    DrainRequest,
+    HelpRequest,
+    ReleaseAbortRequest,
+    ReleaseRequest,
+    ReleaseStatusRequest,
+    RemoveRequest,
+    Request,
+    StatusRequest,
+    UndrainRequest,
+)
+from commands.servers import Upstream
+from commands.settings import AppSettings
+
+PROBE_CONCURRENCY = 32  # a 500-server status probes in bounded parallel, never all at once
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # finished (also "nothing to do")
+    PENDING = "pending"  # waiting for a confirmation
+    REFUSED = "refused"  # bad input or a guard: nothing changed
+    FAILED = "failed"  # an error on the way (Consul, a write that did not happen)
+
+    @property
+    def ok(self) -> bool:
+        return self in (Outcome.DONE, Outcome.PENDING)
+
+
+class CommandService:
+    def __init__(
+        self,
+        apps: dict[str, AppSettings],
+        store: UpstreamStore,
+        prober: Prober,
+        nginx: NginxReader,
+        clock: Clock,
+    ) -> None:
+        self.apps = apps
+        self.store = store
+        self.prober = prober
+        self.nginx = nginx
+        self.clock = clock
+
+    # -- entry points -------------------------------------------------------------------------
+
+    async def handle(self, request: Request, requester: str, notifier: Notifier) -> Outcome:
+        """Answer a request: a report, a confirmation to ask, or a refusal. Changes nothing itself,
+        except `/undrain` without `--force`, whose probe is its safeguard."""
+        try:
+            return await self._handle(request, requester, notifier)
+        except UserError as error:
+            await notifier.emit(Problem(error.message))
+            return Outcome.REFUSED
+        except StoreError as error:
+            await notifier.emit(Problem(f"Nothing was changed: {error.message}"))
+            return Outcome.FAILED
+
+    async def confirm(self, plan: ChangePlan, stage: int, actor: str, notifier: Notifier) -> Outcome:
+        """The requester (or an approver) confirmed `plan` at `stage`."""
+        if plan.needs_second_confirmation and stage < 2:
+            await notifier.emit(ConfirmationNeeded(plan, stage=2))
+            return Outcome.PENDING
+        try:
+            return await self._apply(plan, actor, notifier)
+        except StoreError as error:
+            await notifier.emit(Problem(f"{plan.title} stopped: {error.message}"))
+            return Outcome.FAILED
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    async def _handle(self, request: Request, requester: str, notifier: Notifier) -> Outcome:
+        match request:
+            case HelpRequest(command=command):
+                await notifier.emit(Help(usage(command)))
+                return Outcome.DONE
+            case StatusRequest():
+                await notifier.emit(await self.status(request))
+                return Outcome.DONE
+            case DrainRequest() | UndrainRequest() | AddRequest() | RemoveRequest():
+                plan = await self.plan(request, requester)
+                if plan is None:
+                    await notifier.emit(Notice(self._nothing_to_do(request)))
+                    return Outcome.DONE
+                if isinstance(request, UndrainRequest) and not request.force:
+                    # The probe guards an undrain; a forced one (no probe) is confirmed first.
+                    return await self._apply(plan, requester, notifier)
+                await notifier.emit(ConfirmationNeeded(plan))
+                return Outcome.PENDING
+            case ReleaseRequest() | ReleaseStatusRequest() | ReleaseAbortRequest():
+                self.app(request.app)
+                await notifier.emit(
+                    Problem("/release is not available in this version of upstream-bot yet; nothing was changed.")
+                )
+                return Outcome.REFUSED
+        raise UserError(f"unsupported request {request!r}")
+
+    # -- apps -----------------------------------------------------------------------------------
+
+    def app(self, name: str) -> AppSettings:
+        if name not in self.apps:
+            known = ", ".join(f"`{a}`" for a in sorted(self.apps)) or "none configured"
+            raise UserError(f"unknown app `{name}`; known apps: {known}.")
+        return self.apps[name]
+
+    async def _read_all(self, only: str | None) -> list[tuple[AppSettings, Upstream]]:
+        apps = [self.app(only)] if only else [self.apps[name] for name in sorted(self.apps)]
+        # Apps may share an upstream folder: read each folder once.
+        folders = sorted({a.upstream for a in apps})
+        reads = await asyncio.gather(*(self.store.read(folder) for folder in folders))
+        by_folder = dict(zip(folders, reads, strict=True))
+        seen: set[str] = set()
+        result = []
+        for app in apps:
+            if app.upstream in seen:
+                continue
+            seen.add(app.upstream)
+            result.append((app, by_folder[app.upstream]))
+        return result
+
+    # -- status ---------------------------------------------------------------------------------
+
+    async def status(self, request: StatusRequest) -> StatusReport:
+        app = self.app(request.app)
+        upstream, view = await asyncio.gather(self.store.read(app.upstream), self.nginx.read(app.upstream))
+        probes = await self._probe_all(app, [s.address for s in upstream.servers])
+        servers = []
+        for entry in upstream.servers:
+            key = str(entry.address)
+            status = ServerStatus(
+                address=entry.address,
+                weight=entry.weight,
+                max_fails=entry.max_fails,
+                fail_timeout=entry.fail_timeout,
+                drained=entry.drained,
+                invalid_value=entry.invalid_value,
+                nginx_check=None if view.checks is None else view.checks.get(key, "unknown"),
+                nginx_listed=_listed(view, key),
+                probe=probes.get(entry.address),
+            )
+            servers.append(replace(status, disagreement=_disagreement(status)))
+        notes = list(view.errors)
+        known = {str(s.address) for s in upstream.servers}
+        for source in (view.checks or {}, view.listed_down or {}):
+            for extra in sorted(set(source) - known):
+                note = f"nginx knows {extra}, Consul does not list it (stale nginx state or a deleted key)"
+                if note not in notes:
+                    notes.append(note)
+        for key in upstream.skipped_keys:
+            notes.append(f"key `{key}` is not IPv4:port: nginx-upsync-module skips it")
+        for status in servers:
+            if status.invalid_value:
+                notes.append(
+                    f"{status.address}: value is {status.invalid_value}; nginx uses the defaults and serves it"
+                )
+        if not upstream.servers:
+            notes.append(f"Consul has no servers under `{app.upstream}/`.")
+        return StatusReport(
+            app.name, app.upstream, tuple(sorted(servers, key=lambda s: s.address)), tuple(notes), request.page
+        )
+
+    async def _probe_all(self, app: AppSettings, addresses: list[ServerAddress]) -> dict[ServerAddress, ProbeResult]:
+        if app.health.url is None:
+            return {}
+        limit = asyncio.Semaphore(PROBE_CONCURRENCY)
+
+        async def one(address: ServerAddress) -> tuple[ServerAddress, ProbeResult]:
+            async with limit:
+                url = app.health.url_for(address.host, address.port)
+                assert url is not None
+                return address, await self.prober.probe(url, app.health.timeout)
+
+        return dict(await asyncio.gather(*(one(a) for a in addresses)))
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def _nothing_to_do(self, request: Request) -> str:
+        if isinstance(request, DrainRequest):
+            return f"{request.address} is already drained everywhere it is listed; nothing to do."
+        if isinstance(request, UndrainRequest):
+            return f"{request.address} is already serving everywhere it is listed; nothing to do."
+        return "Nothing to do."
+
+    async def plan(self, request: Request, requester: str) -> ChangePlan | None:
+        """Build the change from one read of Consul; None when there is nothing to change."""
+        if isinstance(request, DrainRequest | UndrainRequest):
+            return await self._plan_drain(request, requester)
+        if isinstance(request, AddRequest):
+            return await self._plan_add(request, requester)
+        if isinstance(request, RemoveRequest):
+            return await self._plan_remove(request, requester)
+        raise UserError(f"{type(request).__name__} changes nothing")
+
+    async def _plan_drain(self, request: DrainRequest | UndrainRequest, requester: str) -> ChangePlan | None:
+        drain = isinstance(request, DrainRequest)
+        address = request.address
+        listed = [(app, up, up.find(address)) for app, up in await self._read_all(request.app)]
+        found = [(app, up, entry) for app, up, entry in listed if entry is not None]
+        if not found:
+            if request.app:
+                names = ", ".join(str(s.address) for s in listed[0][1].servers[:8]) or "none"
+                raise UserError(f"no server {address} in {request.app} (its servers: {names}).")
+            apps = ", ".join(sorted(self.apps)) or "none"
+            raise UserError(f"{address} is not in any configured upstream (looked in: {apps}).")
+        changes, warnings, empties = [], [], []
+        for app, upstream, entry in found:
+            assert entry is not None
+            if entry.drained == drain:
+                warnings.append(f"{app.name}: already {'drained' if drain else 'serving'}")
+                continue
+            serving, total = serving_after(upstream, address, drain)
+            if drain and serving == 0:
+                empties.append(app.name)
+            changes.append(KeyChange(app.name, app.upstream, address, entry, entry.with_down(drain), serving, total))
+        if not changes:
+            return None
+        if empties and not request.force:
+            which = ", ".join(empties)
+            raise UserError(
+                f"Refused: draining {address} would leave {which} with no serving server. "
+                f"Undrain another server first, or use `/drain {address} --force` to take the whole "
+                f"upstream out of traffic (asks twice)."
+            )
+        if empties:
+            warnings.append(f"{', '.join(empties)} will have NO serving server: every request will fail")
+        if not drain and request.force:
+            warnings.append("--force: the health probe is skipped")
+        return ChangePlan(
+            action="drain" if drain else "undrain",
+            address=address,
+            requester=requester,
+            changes=tuple(changes),
+            force=request.force,
+            warnings=tuple(warnings),
+            needs_second_confirmation=bool(empties),
+            probe_first=not drain and not request.force,
+        )
+
+    async def _plan_add(self, request: AddRequest, requester: str) -> ChangePlan:
+        app = self.app(request.app)
+        upstream = await self.store.read(app.upstream)
+        existing = upstream.find(request.address)
+        if existing is not None:
+            state = "drained" if existing.drained else "serving"
+            raise UserError(
+                f"{request.address} is already in {app.name} ({state}, weight {existing.weight}); "
+                f"nothing to add. Use /undrain to put it back into traffic."
+            )
+        serving, total = serving_after(upstream, request.address, False)
+        change = KeyChange(
+            app.name, app.upstream, request.address, None, new_entry_fields(request.weight), serving, total
+        )
+        warnings = () if app.health.url else (f"{app.name} has no health.url: it is added without a probe",)
+        return ChangePlan(
+            "add", request.address, requester, (change,), warnings=warnings, probe_first=app.health.url is not None
+        )
+
+    async def _plan_remove(self, request: RemoveRequest, requester: str) -> ChangePlan:
+        app = self.app(request.app)
+        upstream = await self.store.read(app.upstream)
+        entry = upstream.find(request.address)
+        if entry is None:
+            names = ", ".join(str(s.address) for s in upstream.servers[:8]) or "none"
+            raise UserError(f"no server {request.address} in {app.name} (its servers: {names}).")
+        if len(upstream.servers) == 1:
+            raise UserError(
+                f"Refused: {request.address} is the only server of {app.name}; nginx-upsync-module never "
+                f"deletes the last peers of an upstream. Add the replacement first."
+            )
+        serving, total = serving_after(upstream, request.address, None)
+        if serving == 0:
+            raise UserError(
+                f"Refused: removing {request.address} would leave {app.name} with no serving server. "
+                f"Undrain or add another server first."
+            )
+        change = KeyChange(app.name, app.upstream, request.address, entry, None, serving, total)
+        wait = app.nginx.propagation + app.release.drain_wait
+        steps = (
+            f"it is drained first, then removed after {wait:g} s"
+            if not entry.drained
+            else "it is drained already: it is removed at once"
+        )
+        return ChangePlan("remove", request.address, requester, (change,), warnings=(steps,))
+
+    # -- applying -------------------------------------------------------------------------------
+
+    async def _apply(self, plan: ChangePlan, actor: str, notifier: Notifier) -> Outcome:
+        if plan.probe_first:
+            failed = await self._probe_before_write(plan)
+            if failed:
+                await notifier.emit(Problem(failed))
+                return Outcome.REFUSED
+        elif plan.action == "undrain":
+            await notifier.emit(Notice(f"Health probe skipped (--force): {plan.address} is put back unprobed."))
+        if plan.action == "undrain" and not plan.force:
+            unprobed = [c.app for c in plan.changes if self.apps[c.app].health.url is None]
+            if unprobed:
+                await notifier.emit(Notice(f"No health.url for {', '.join(unprobed)}: undrained without a probe."))
+        results = []
+        for change in plan.changes:
+            if plan.action == "remove":
+                results.append(await self._apply_remove(plan, change, notifier))
+            else:
+                results.append(await self._apply_change(plan, change))
+        event = ChangeApplied(plan, actor, tuple(results), self.clock.now())
+        await notifier.emit(event)
+        return Outcome.DONE if event.ok else Outcome.FAILED
+
+    async def _probe_before_write(self, plan: ChangePlan) -> str | None:
+        urls = sorted(
+            {
+                (url, self.apps[c.app].health.timeout)
+                for c in plan.changes
+                if (url := self.apps[c.app].health.url_for(plan.address.host, plan.address.port)) is not None
+            }
+        )
+        for url, timeout in urls:
+            result = await self.prober.probe(url, timeout)
+            if not result.healthy:
+                hint = (
+                    f"`/undrain {plan.address} --force` skips the probe"
+                    if plan.action == "undrain"
+                    else "fix the server and try again"
+                )
+                return (
+                    f"Not {'undrained' if plan.action == 'undrain' else 'added'}: the probe of {url} "
+                    f"failed ({result.detail}). Nothing was changed; {hint}."
+                )
+        return None
+
+    async def _apply_change(self, plan: ChangePlan, change: KeyChange) -> ChangeResult:
+        """Check-and-set one entry. The state confirmed is the state written over, or nothing is written."""
+        for _ in range(CAS_ATTEMPTS):
+            upstream = await self.store.read(change.upstream)
+            current = upstream.find(change.address)
+            refusal = self._still_valid(plan, change, upstream)
+            if refusal:
+                return ChangeResult(change, False, refusal)
+            assert change.after is not None
+            cas = current.modify_index if current is not None else 0
+            if await self.store.write(change.upstream, change.address, change.after, cas):
+                return ChangeResult(change, True, _done_text(plan.action, change))
+        return ChangeResult(change, False, f"not written: {change.address} kept changing ({CAS_ATTEMPTS} attempts)")
+
+    def _still_valid(self, plan: ChangePlan, change: KeyChange, upstream: Upstream) -> str | None:
+        """Why the confirmed change may no longer be written, or None."""
+        current = upstream.find(change.address)
+        before = change.before.fields if change.before is not None else None
+        now = current.fields if current is not None else None
+        if (before, change.before and change.before.invalid_value) != (now, current and current.invalid_value):
+            return (
+                f"not written: {change.address} in {change.app} changed since you asked "
+                f"({describe_difference(before, now)}); run the command again to see the current state"
+            )
+        if plan.action in ("drain", "remove") and not plan.force:
+            serving, _ = serving_after(upstream, change.address, True if plan.action == "drain" else None)
+            if serving == 0:
+                return (
+                    f"not written: since you asked, the other servers of {change.app} were drained; "
+                    f"draining {change.address} now would leave none serving"
+                )
+        return None
+
+    async def _apply_remove(self, plan: ChangePlan, change: KeyChange, notifier: Notifier) -> ChangeResult:
+        assert change.before is not None
+        if not change.before.drained:
+            drain = replace(change, after=change.before.with_down(True))
+            drained = await self._apply_change(replace(plan, action="drain"), drain)
+            if not drained.ok:
+                return ChangeResult(change, False, drained.detail)
+            app = self.apps[change.app]
+            wait = app.nginx.propagation + app.release.drain_wait
+            await notifier.emit(
+                Notice(
+                    f"{change.address} drained in {change.app}; removing it in {wait:g} s, "
+                    "once nginx has stopped routing to it."
+                )
+            )
+            await self.clock.sleep(wait)
+            change = replace(change, before=replace(change.before, fields=drain.after or {}, invalid_value=None))
+        for _ in range(CAS_ATTEMPTS):
+            upstream = await self.store.read(change.upstream)
+            refusal = self._still_valid(plan, change, upstream)
+            current = upstream.find(change.address)
+            if refusal or current is None:
+                return ChangeResult(change, False, refusal or "already removed by someone else")
+            if await self.store.delete(change.upstream, change.address, current.modify_index):
+                return ChangeResult(change, True, _done_text("remove", change))
+        return ChangeResult(change, False, f"not removed: {change.address} kept changing ({CAS_ATTEMPTS} attempts)")
+
+
+def _done_text(action: str, change: KeyChange) -> str:
+    verb = {"drain": "drained", "undrain": "serving again", "add": "added", "remove": "removed"}[action]
+    return f"{verb}; {change.impact.replace('will be', 'now')}"
+
+
+def _listed(view: NginxView, key: str) -> str | None:
+    if view.listed_down is None:
+        return None
+    if key not in view.listed_down:
+        return "missing"
+    return "drained" if view.listed_down[key] else "serving"
+
+
+def _disagreement(status: ServerStatus) -> str | None:
+    consul = "drained" if status.drained else "serving"
+    if not status.drained and status.nginx_check == "down":
+        return "Consul: serving, nginx check: down"
+    if status.nginx_listed == "missing":
+        return f"Consul: {consul}, not in nginx's upstream list"
+    if status.nginx_listed is not None and status.nginx_listed != consul:
+        return f"Consul: {consul}, nginx lists it {status.nginx_listed}"
+    return None

@@ -1,0 +1,51 @@
+"""An app's settings as commands see them. `bot.config` reads and validates them from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class NginxSettings:
+    status_url: str | None = None  # nginx_upstream_check_module's check_status (?format=json or csv)
+    list_url: str | None = None  # nginx-upsync-module's upstream_show
+    upsync_interval: float = 0.5  # seconds between upsync polls (plus up to 1 s of jitter)
+
+    @property
+    def propagation(self) -> float:
+        """How long a KV change may take to reach every nginx worker: interval + 1 s jitter."""
+        return self.upsync_interval + 1.0
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    url: str | None = None  # e.g. "http://{host}:{port}/ping"; 2xx/3xx is healthy
+    interval: float = 10.0
+    timeout: float = 3.0
+    window: float = 120.0
+    rise: int = 2
+
+    def url_for(self, host: str, port: int) -> str | None:
+        if self.url is None:
+            return None
+        return self.url.replace("{host}", host).replace("{port}", str(port))
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    executor: str = "local"  # ssh | agent | local
+    drain_wait: float = 2.0
+    steps: dict[str, str] = field(default_factory=dict)
+    step_timeout: float = 300.0
+    version_pattern: str = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    name: str
+    upstream: str
+    nginx: NginxSettings = field(default_factory=NginxSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    release: ReleaseSettings = field(default_factory=ReleaseSettings)
+    approvers: tuple[str, ...] = ()  # Slack user IDs (U/W...) or user-group IDs (S...)
+    approval: str = "none"  # required | none
