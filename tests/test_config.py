@@ -1,0 +1,73 @@
+import textwrap
+
+import pytest
+import yaml
+
+from bot.config import ConfigError, parse_config
+
+CONTRACT_EXAMPLE = textwrap.dedent("""
+    consul:
+      addresses: [http://127.0.0.1:8500]
+      prefix: upstreams
+    slack:
+      channel: C0DEPLOY
+    apps:
+      app:
+        upstream: app
+        nginx:
+          status_url: http://127.0.0.1/upstream_status?format=json
+          list_url: http://127.0.0.1/upstream_list
+          upsync_interval: 500ms
+        health:
+          url: "http://{host}:{port}/ping"
+          interval: 10s
+          timeout: 3s
+          window: 120s
+          rise: 2
+        release:
+          executor: ssh
+          drain_wait: 2s
+          steps:
+            stop: "systemctl stop app@{port}"
+            deploy: "/opt/app/deploy.sh {version}"
+            start: "systemctl start app@{port}"
+        approvers: [U2BOB]
+        approval: required
+    ssh:
+      user: deploy
+      key: /etc/upstream-bot/id_ed25519
+      known_hosts: /etc/upstream-bot/known_hosts
+      port: 22
+""")
+
+
+def test_the_contracts_example_config_loads() -> None:
+    config = parse_config(yaml.safe_load(CONTRACT_EXAMPLE), {})
+    app = config.apps["app"]
+    assert app.nginx.upsync_interval == 0.5
+    assert (app.health.interval, app.health.window, app.health.rise) == (10.0, 120.0, 2)
+    assert app.release.steps["deploy"] == "/opt/app/deploy.sh {version}"
+    assert app.approvers == ("U2BOB",) and app.approval == "required"
+    assert config.slack.channel == "C0DEPLOY"
+
+
+def test_consul_http_addr_wins_and_may_list_several() -> None:
+    env = {"CONSUL_HTTP_ADDR": "127.0.0.1:8501,https://10.0.0.9:8501", "CONSUL_HTTP_TOKEN": "t0k"}
+    config = parse_config(yaml.safe_load(CONTRACT_EXAMPLE), env)
+    assert config.consul.addresses == ("http://127.0.0.1:8501", "https://10.0.0.9:8501")
+    assert config.consul.token == "t0k"
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["apps"]["app"]["helth"] = {}
+    raw["apps"]["app"]["health"]["interval"] = "10x"
+    raw["apps"]["app"]["approvers"] = ["bob"]
+    raw["apps"]["app"]["release"]["executor"] = "telnet"
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    problems = "\n".join(error.value.problems)
+    assert "apps.app.helth: unknown key" in problems
+    assert "apps.app.health.interval: '10x' is not a duration" in problems
+    assert "apps.app.approvers[0]: 'bob' is not a Slack user ID" in problems
+    assert "apps.app.release.executor: expected one of ssh, agent, local" in problems

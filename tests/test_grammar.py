@@ -1,0 +1,57 @@
+import pytest
+
+from commands.addresses import ServerAddress
+from commands.errors import UsageError
+from commands.grammar import parse, parse_line
+from commands.requests import (
+    AddRequest,
+    DrainRequest,
+    HelpRequest,
+    ReleaseRequest,
+    RemoveRequest,
+    StatusRequest,
+    UndrainRequest,
+)
+
+
+def test_commands_parse_into_typed_requests() -> None:
+    assert parse("/upstream", "status app") == StatusRequest("app")
+    assert parse("/upstream", "status app --page 3") == StatusRequest("app", 3)
+    assert parse("/drain", "10.0.0.5:9000") == DrainRequest(ServerAddress("10.0.0.5", 9000))
+    assert parse("/drain", "10.0.0.5:9000 app --force") == DrainRequest(ServerAddress("10.0.0.5", 9000), "app", True)
+    assert parse("/undrain", "10.0.0.5:9000 --force") == UndrainRequest(ServerAddress("10.0.0.5", 9000), None, True)
+    assert parse("/upstream", "add app 10.0.0.6:9000 weight=3") == AddRequest("app", ServerAddress("10.0.0.6", 9000), 3)
+    assert parse("/upstream", "remove app 10.0.0.6:9000") == RemoveRequest("app", ServerAddress("10.0.0.6", 9000))
+    assert parse_line("/release app --batch 25% --version 2.1") == ReleaseRequest(
+        "app", batch_percent=25, version="2.1"
+    )
+    assert parse("/drain", "") == HelpRequest("/drain")
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "expected"),
+    [
+        ("/drain", "10.0.0.5", "expected IPv4:port"),
+        ("/drain", "app.example.com:9000", "skips hostnames"),
+        ("/drain", "[::1]:9000", "IPv6"),
+        ("/drain", "10.0.0.5:70000", "from 1 to 65535"),
+        ("/drain", "10.0.0.5:9000 --forse", "unknown flag `--forse`"),
+        ("/drain", "10.0.0.5:9000 —force", "two hyphens"),
+        ("/drain", "10.0.0.5:9000 app extra", "unexpected `extra`"),
+        ("/upstream", "stats app", "unknown subcommand `stats`"),
+        ("/upstream", "add app 10.0.0.6:9000 weight=0", "weight is a whole number from 1"),
+        ("/upstream", "add app 10.0.0.6:9000 wieght=2", "only option is `weight=N`"),
+        ("/release", "app --version 1.0;rm", "is not a version"),
+        ("/release", "app --serial --batch 2", "exclude each other"),
+        ("/release", "app --batch 0", "give a count"),
+    ],
+)
+def test_bad_input_says_what_is_wrong_and_what_is_right(command: str, text: str, expected: str) -> None:
+    with pytest.raises(UsageError) as error:
+        parse(command, text)
+    assert expected in error.value.message
+
+
+def test_a_line_without_slash_is_not_a_command() -> None:
+    with pytest.raises(UsageError, match="commands start with"):
+        parse_line("drain 10.0.0.5:9000")

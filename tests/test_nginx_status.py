@@ -1,0 +1,32 @@
+import pytest
+
+from bot.nginx_status import NginxFormatError, parse_check_status_csv, parse_check_status_json, parse_upstream_show
+
+CHECK_JSON_TRAILING_COMMA = """{"servers": {"total": 3, "generation": 3, "server": [
+ {"index": 0, "upstream": "app", "name": "127.0.0.1:9000", "status": "up", "rise": 58, "fall": 0, "type": "http", "port": 0},
+ {"index": 1, "upstream": "app", "name": "127.0.0.1:9001", "status": "down", "rise": 0, "fall": 9, "type": "http", "port": 0},
+ {"index": 2, "upstream": "other", "name": "127.0.0.1:9000", "status": "down", "rise": 0, "fall": 9, "type": "http", "port": 0},
+  ]}}"""
+
+UPSTREAM_SHOW = """Upstream name: app; Backend server count: 2
+        server 127.0.0.1:9001 weight=1 max_fails=2 fail_timeout=10s;
+        server 127.0.0.1:9000 weight=1 max_fails=2 fail_timeout=10s down;
+"""
+
+
+def test_check_status_json_with_the_modules_trailing_comma_is_read_per_upstream() -> None:
+    assert parse_check_status_json(CHECK_JSON_TRAILING_COMMA, "app") == {
+        "127.0.0.1:9000": "up",
+        "127.0.0.1:9001": "down",
+    }
+
+
+def test_check_status_csv() -> None:
+    text = "0,app,127.0.0.1:9000,up,58,0,http,0\n1,app,127.0.0.1:9001,down,0,3,http,0\n2,x,127.0.0.1:1,up,1,0,http,0\n"
+    assert parse_check_status_csv(text, "app") == {"127.0.0.1:9000": "up", "127.0.0.1:9001": "down"}
+
+
+def test_upstream_show_lists_the_kv_down_flag() -> None:
+    assert parse_upstream_show(UPSTREAM_SHOW, "app") == {"127.0.0.1:9001": False, "127.0.0.1:9000": True}
+    with pytest.raises(NginxFormatError, match="no upstream named"):
+        parse_upstream_show("The upstream you requested does not exist. Please double-check the name", "app")

@@ -1,0 +1,25 @@
+import json
+
+from commands.addresses import ServerAddress
+from commands.servers import ServerEntry, encode
+
+A = ServerAddress("10.0.0.5", 9000)
+
+
+def test_values_are_read_the_way_upsync_reads_them() -> None:
+    entry = ServerEntry.from_kv(A, b'{"Weight":"3","max_fails":2,"fail_timeout":"10s","down":true}', 7)
+    assert (entry.weight, entry.max_fails, entry.fail_timeout, entry.drained) == (3, 2, 10, True)
+    assert ServerEntry.from_kv(A, b'{"weight":0}', 1).weight == 1  # upsync turns weight <= 0 into 1
+
+
+def test_an_invalid_value_is_serving_with_defaults_and_flagged() -> None:
+    entry = ServerEntry.from_kv(A, b"{weight:1", 3)
+    assert not entry.drained
+    assert entry.invalid_value == "not JSON"
+    assert ServerEntry.from_kv(A, b"", 3).invalid_value == "empty value"
+
+
+def test_drain_keeps_unknown_fields_and_their_spelling() -> None:
+    entry = ServerEntry.from_kv(A, b'{"weight":2,"DOWN":0,"zone":"eu-1","backup":0}', 5)
+    fields = json.loads(encode(entry.with_down(True)))
+    assert fields == {"weight": 2, "DOWN": 1, "zone": "eu-1", "backup": 0}

@@ -1,0 +1,251 @@
+"""Command logic with real parts: the Consul stand-in over HTTP, sample services as processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiohttp import web
+
+from bot.consul_store import ConsulStore
+from bot.nginx_status import HttpNginxReader
+from bot.processes import free_port
+from bot.prober import HttpProber
+from bot.standins.server_thread import ServerThread
+from commands.events import ChangeApplied, ConfirmationNeeded, Notice, Problem, StatusReport
+from commands.grammar import parse_line
+from commands.service import CommandService, Outcome
+from commands.settings import AppSettings, HealthSettings, NginxSettings
+from tests.conftest import Consul
+from tests.helpers import RecordingNotifier
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+def app_settings(name: str = "app", upstream: str | None = None, nginx: NginxSettings | None = None) -> AppSettings:
+    return AppSettings(
+        name, upstream or name, nginx or NginxSettings(), HealthSettings(url="http://{host}:{port}/ping", timeout=2.0)
+    )
+
+
+@pytest.fixture
+async def make_service(consul: Consul) -> AsyncIterator:
+    async with httpx.AsyncClient(trust_env=False) as client:
+
+        def build(*apps: AppSettings) -> CommandService:
+            settings = {a.name: a for a in apps} or {"app": app_settings()}
+            return CommandService(
+                settings, ConsulStore((consul.url,)), HttpProber(client), HttpNginxReader(settings, client), FakeClock()
+            )
+
+        yield build
+
+
+def down(consul: Consul, address: str, upstream: str = "app") -> int:
+    return json.loads(consul.value(f"upstreams/{upstream}/{address}") or "{}").get("down", 0)
+
+
+async def run(service: CommandService, line: str, user: str = "U1ALICE") -> tuple[Outcome, RecordingNotifier]:
+    notifier = RecordingNotifier()
+    return await service.handle(parse_line(line), user, notifier), notifier
+
+
+async def test_drain_asks_first_and_only_the_confirmation_writes(consul: Consul, make_service, services) -> None:
+    for port in services[:2]:
+        consul.add_server("app", f"127.0.0.1:{port}")
+    service = make_service()
+    target = f"127.0.0.1:{services[0]}"
+    outcome, notifier = await run(service, f"/drain {target}")
+    assert outcome is Outcome.PENDING
+    (asked,) = notifier.of(ConfirmationNeeded)
+    assert asked.plan.impact == ("app: 1 of 2 will be serving",)
+    assert down(consul, target) == 0  # nothing written before the confirmation
+    assert await service.confirm(asked.plan, 1, "U1ALICE", notifier) is Outcome.DONE
+    assert down(consul, target) == 1
+    (done,) = notifier.of(ChangeApplied)
+    assert done.actor == "U1ALICE" and "1 of 2 now serving" in done.results[0].detail
+
+
+async def test_a_second_press_after_the_change_writes_nothing_and_says_what_changed(
+    consul: Consul, make_service, services
+) -> None:
+    for port in services[:2]:
+        consul.add_server("app", f"127.0.0.1:{port}")
+    service = make_service()
+    _, first = await run(service, f"/drain 127.0.0.1:{services[0]}")
+    plan = first.of(ConfirmationNeeded)[0].plan
+    assert await service.confirm(plan, 1, "U1ALICE", first) is Outcome.DONE
+    again = RecordingNotifier()
+    assert await service.confirm(plan, 1, "U1ALICE", again) is Outcome.FAILED
+    (result,) = again.of(ChangeApplied)[0].results
+    assert "changed since you asked (down 0 -> 1)" in result.detail
+
+
+async def test_the_guard_is_checked_again_at_write_time(consul: Consul, make_service, services) -> None:
+    a, b = (f"127.0.0.1:{p}" for p in services[:2])
+    consul.add_server("app", a)
+    consul.add_server("app", b)
+    service = make_service()
+    _, one = await run(service, f"/drain {a}")
+    _, two = await run(service, f"/drain {b}")
+    assert await service.confirm(one.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", one) is Outcome.DONE
+    # b's confirmation was shown while a was serving; a is drained now, so b must not be.
+    assert await service.confirm(two.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", two) is Outcome.FAILED
+    assert down(consul, b) == 0
+    assert "would leave none serving" in two.of(ChangeApplied)[0].results[0].detail
+
+
+async def test_draining_the_last_serving_server_needs_force_and_two_confirmations(
+    consul: Consul, make_service, services
+) -> None:
+    only = f"127.0.0.1:{services[0]}"
+    consul.add_server("app", only)
+    consul.add_server("app", f"127.0.0.1:{services[1]}", down=1)
+    service = make_service()
+    outcome, refused = await run(service, f"/drain {only}")
+    assert outcome is Outcome.REFUSED and "no serving server" in refused.of(Problem)[0].text
+    outcome, forced = await run(service, f"/drain {only} --force")
+    plan = forced.of(ConfirmationNeeded)[0].plan
+    assert await service.confirm(plan, 1, "U1ALICE", forced) is Outcome.PENDING
+    assert forced.of(ConfirmationNeeded)[-1].stage == 2 and down(consul, only) == 0
+    assert await service.confirm(plan, 2, "U1ALICE", forced) is Outcome.DONE
+    assert down(consul, only) == 1
+
+
+async def test_drain_without_app_finds_every_upstream_listing_the_server(
+    consul: Consul, make_service, services
+) -> None:
+    shared = f"127.0.0.1:{services[0]}"
+    for upstream in ("app", "api"):
+        consul.add_server(upstream, shared)
+        consul.add_server(upstream, f"127.0.0.1:{services[1]}")
+    service = make_service(app_settings("app"), app_settings("api"))
+    _, notifier = await run(service, f"/drain {shared}")
+    plan = notifier.of(ConfirmationNeeded)[0].plan
+    assert sorted(plan.impact) == ["api: 1 of 2 will be serving", "app: 1 of 2 will be serving"]
+    await service.confirm(plan, 1, "U1ALICE", notifier)
+    assert down(consul, shared, "app") == down(consul, shared, "api") == 1
+
+
+async def test_undrain_probes_first_and_force_skips_the_probe(consul: Consul, make_service, services) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    consul.add_server("app", f"127.0.0.1:{services[0]}")
+    consul.add_server("app", dead, down=1)
+    consul.add_server("app", f"127.0.0.1:{services[1]}", down=1)
+    service = make_service()
+    outcome, notifier = await run(service, f"/undrain {dead}")
+    assert outcome is Outcome.REFUSED and "connection refused" in notifier.of(Problem)[0].text
+    assert down(consul, dead) == 1
+    outcome, notifier = await run(service, f"/undrain 127.0.0.1:{services[1]}")
+    assert outcome is Outcome.DONE and down(consul, f"127.0.0.1:{services[1]}") == 0
+    outcome, notifier = await run(service, f"/undrain {dead} --force")
+    plan = notifier.of(ConfirmationNeeded)[0].plan
+    await service.confirm(plan, 1, "U1ALICE", notifier)
+    assert down(consul, dead) == 0
+    assert any("probe skipped" in n.text for n in notifier.of(Notice))
+
+
+async def test_add_probes_then_creates_and_remove_drains_then_deletes(consul: Consul, make_service, services) -> None:
+    consul.add_server("app", f"127.0.0.1:{services[0]}")
+    service = make_service()
+    new = f"127.0.0.1:{services[1]}"
+    _, notifier = await run(service, f"/upstream add app {new} weight=3")
+    await service.confirm(notifier.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", notifier)
+    assert json.loads(consul.value(f"upstreams/app/{new}") or "") == {
+        "weight": 3,
+        "max_fails": 2,
+        "fail_timeout": 10,
+        "down": 0,
+    }
+    _, notifier = await run(service, f"/upstream add app 127.0.0.1:{free_port()}")
+    assert await service.confirm(notifier.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", notifier) is Outcome.REFUSED
+
+    _, notifier = await run(service, f"/upstream remove app {new}")
+    await service.confirm(notifier.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", notifier)
+    assert consul.value(f"upstreams/app/{new}") is None
+    assert service.clock.slept == [0.5 + 1.0 + 2.0]  # upsync interval + 1 s jitter + drain_wait
+    outcome, notifier = await run(service, f"/upstream remove app 127.0.0.1:{services[0]}")
+    assert outcome is Outcome.REFUSED and "only server" in notifier.of(Problem)[0].text
+
+
+async def test_unknown_app_and_unknown_server_list_what_exists(consul: Consul, make_service, services) -> None:
+    consul.add_server("app", f"127.0.0.1:{services[0]}")
+    service = make_service()
+    _, notifier = await run(service, "/upstream status nope")
+    assert "unknown app `nope`; known apps: `app`" in notifier.of(Problem)[0].text
+    _, notifier = await run(service, "/drain 127.0.0.1:1 app")
+    assert f"no server 127.0.0.1:1 in app (its servers: 127.0.0.1:{services[0]})" in notifier.of(Problem)[0].text
+
+
+async def test_status_joins_consul_nginx_and_probes_and_flags_disagreements(
+    consul: Consul, make_service, services
+) -> None:
+    a, b, c = (f"127.0.0.1:{p}" for p in services)
+    consul.add_server("app", a)
+    consul.add_server("app", b)
+    consul.add_server("app", c, down=1)
+    checks = {
+        "servers": {
+            "server": [
+                {"upstream": "app", "name": a, "status": "up"},
+                {"upstream": "app", "name": b, "status": "down"},
+                {"upstream": "app", "name": c, "status": "up"},
+            ]
+        }
+    }
+    show = (
+        f"Upstream name: app; Backend server count: 3\n        server {a} weight=1;\n"
+        f"        server {b} weight=1;\n        server {c} weight=1;\n"
+    )
+    async def status_page(request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(checks))
+
+    async def list_page(request: web.Request) -> web.Response:
+        return web.Response(text=show)
+
+    nginx = web.Application()
+    nginx.router.add_get("/status", status_page)
+    nginx.router.add_get("/list", list_page)
+    server = ServerThread(nginx).start()
+    try:
+        settings = app_settings(
+            nginx=NginxSettings(status_url=f"{server.url}/status?format=json", list_url=f"{server.url}/list")
+        )
+        _, notifier = await run(make_service(settings), "/upstream status app")
+    finally:
+        server.stop()
+    (report,) = notifier.of(StatusReport)
+    assert report.summary.startswith("app: 2 of 3 serving, 1 down in nginx's check")
+    by = {str(s.address): s for s in report.servers}
+    assert by[a].disagreement is None and by[a].probe is not None and by[a].probe.healthy
+    assert by[b].disagreement == "Consul: serving, nginx check: down"
+    assert by[c].disagreement == "Consul: drained, nginx lists it serving"
+
+
+async def test_consul_unreachable_is_a_clear_answer_that_changes_nothing(make_service, services) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with httpx.AsyncClient() as client:
+        settings = {"app": app_settings()}
+        service = CommandService(
+            settings,
+            ConsulStore((dead,), timeout=1),
+            HttpProber(client),
+            HttpNginxReader(settings, client),
+            FakeClock(),
+        )
+        outcome, notifier = await run(service, f"/drain 127.0.0.1:{services[0]}")
+    assert outcome is Outcome.FAILED
+    assert f"Consul unreachable for reading upstreams/app/: {dead}: connection refused" in notifier.of(Problem)[0].text
