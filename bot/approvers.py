@@ -12,6 +12,16 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 CACHE_SECONDS = 300.0
+
+
+def slack_error(error: SlackApiError) -> str:
+    """Slack's error code (`not_in_channel`, ...), or the HTTP status when the answer was not JSON."""
+    data = error.response.data
+    if isinstance(data, dict):
+        return str(data.get("error", "unknown error"))
+    return f"HTTP {error.response.status_code}"
+
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +38,7 @@ class ApproverDirectory:
             response = await self.client.usergroups_users_list(usergroup=group)
             users = frozenset(response.get("users") or [])
         except SlackApiError as error:
-            log.warning("cannot list user group %s: %s", group, error.response.get("error"))
+            log.warning("cannot list user group %s: %s", group, slack_error(error))
             users = cached[1] if cached else frozenset()  # an old answer beats none; none approves nobody
         self._groups[group] = (time.monotonic(), users)
         return users

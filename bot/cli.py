@@ -19,24 +19,31 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="upstream-bot", description="Slack ChatOps for Nginx upstreams in Consul")
     parser.add_argument("--config", help="config file (default: $UPSTREAM_BOT_CONFIG or ./upstream-bot.yml)")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # `--config` is taken before or after the subcommand: `upstream-bot check-config --config x.yml`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config file")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="the bot: Socket Mode (SLACK_APP_TOKEN) or --http")
+    serve = sub.add_parser("serve", parents=[common], help="the bot: Socket Mode (SLACK_APP_TOKEN) or --http")
     serve.add_argument("--http", action="store_true", help="serve Slack's HTTP requests at POST /slack/events")
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--host", default="127.0.0.1")
 
-    demo = sub.add_parser("demo", help="local sandbox with a terminal chat (no Slack, no Consul needed)")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="local sandbox with a terminal chat (no Slack, no Consul needed)"
+    )
     demo.add_argument("--base-port", type=int, default=9001, help="first sample service port (default 9001)")
 
-    run = sub.add_parser("run", help='one command from a shell or CI, e.g. run "/drain 10.0.0.5:9000" --yes')
+    run = sub.add_parser(
+        "run", parents=[common], help='one command from a shell or CI, e.g. run "/drain 10.0.0.5:9000" --yes'
+    )
     run.add_argument("line", help='the command, e.g. "/upstream status app"')
     run.add_argument("--yes", "-y", action="store_true", help="confirm every confirmation")
 
-    check = sub.add_parser("check-config", help="validate the config and the secrets it refers to")
+    check = sub.add_parser("check-config", parents=[common], help="validate the config and the secrets it refers to")
     check.add_argument("--connect", action="store_true", help="also check that Consul answers")
 
-    sub.add_parser("agent", help="the per-node agent executor")
+    sub.add_parser("agent", parents=[common], help="the per-node agent executor")
     return parser
 
 

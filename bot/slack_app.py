@@ -18,7 +18,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.approvers import ApproverDirectory
+from bot.approvers import ApproverDirectory, slack_error
 from bot.blocks import applied_message, confirmation_message, status_message, text_message
 from bot.confirmations import ClaimRefused, Confirmations
 from commands.errors import UserError
@@ -67,7 +67,7 @@ class SlackNotifier:
             return
         except SlackApiError as error:
             if not self.response_url:
-                log.error("cannot answer %s in %s: %s", self.user, self.channel, error.response.get("error"))
+                log.error("cannot answer %s in %s: %s", self.user, self.channel, slack_error(error))
                 return
         await AsyncWebhookClient(self.response_url).send(text=text, blocks=blocks, response_type="ephemeral")
 
@@ -86,7 +86,7 @@ class SlackFrontEnd:
             try:
                 await self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
             except SlackApiError as error:
-                log.error("cannot post to %s: %s", channel, error.response.get("error"))
+                log.error("cannot post to %s: %s", channel, slack_error(error))
 
     def _first_time(self, trigger_id: str | None) -> bool:
         if not trigger_id:
@@ -221,7 +221,7 @@ async def warm_up(app: AsyncApp) -> None:
     try:
         result = await app.client.auth_test()
     except SlackApiError as error:
-        raise RuntimeError(f"Slack refused the bot token (auth.test: {error.response.get('error')})") from None
+        raise RuntimeError(f"Slack refused the bot token (auth.test: {slack_error(error)})") from None
     for middleware in app._async_middleware_list:  # Bolt keeps its result here; no public setter
         if isinstance(middleware, AsyncSingleTeamAuthorization):
             middleware.auth_test_result = result

@@ -3,9 +3,9 @@ import pytest
 from bot.nginx_status import NginxFormatError, parse_check_status_csv, parse_check_status_json, parse_upstream_show
 
 CHECK_JSON_TRAILING_COMMA = """{"servers": {"total": 3, "generation": 3, "server": [
- {"index": 0, "upstream": "app", "name": "127.0.0.1:9000", "status": "up", "rise": 58, "fall": 0, "type": "http", "port": 0},
- {"index": 1, "upstream": "app", "name": "127.0.0.1:9001", "status": "down", "rise": 0, "fall": 9, "type": "http", "port": 0},
- {"index": 2, "upstream": "other", "name": "127.0.0.1:9000", "status": "down", "rise": 0, "fall": 9, "type": "http", "port": 0},
+ {"index": 0, "upstream": "app", "name": "127.0.0.1:9000", "status": "up", "rise": 58, "fall": 0, "type": "http"},
+ {"index": 1, "upstream": "app", "name": "127.0.0.1:9001", "status": "down", "rise": 0, "fall": 9, "type": "http"},
+ {"index": 2, "upstream": "other", "name": "127.0.0.1:9000", "status": "down", "rise": 0, "fall": 9, "type": "http"},
   ]}}"""
 
 UPSTREAM_SHOW = """Upstream name: app; Backend server count: 2

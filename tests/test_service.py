@@ -11,8 +11,8 @@ from aiohttp import web
 
 from bot.consul_store import ConsulStore
 from bot.nginx_status import HttpNginxReader
-from bot.processes import free_port
 from bot.prober import HttpProber
+from bot.processes import free_port
 from bot.standins.server_thread import ServerThread
 from commands.events import ChangeApplied, ConfirmationNeeded, Notice, Problem, StatusReport
 from commands.grammar import parse_line
@@ -210,6 +210,7 @@ async def test_status_joins_consul_nginx_and_probes_and_flags_disagreements(
         f"Upstream name: app; Backend server count: 3\n        server {a} weight=1;\n"
         f"        server {b} weight=1;\n        server {c} weight=1;\n"
     )
+
     async def status_page(request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(checks))
 

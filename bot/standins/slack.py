@@ -89,6 +89,7 @@ class SlackStandIn:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)  # slack_sdk sends some methods (usergroups.*) as GET
         app.router.add_post("/response/{id}", self._response_url)
         return app
 
@@ -98,6 +99,8 @@ class SlackStandIn:
             return f"{self._ts:.6f}"
 
     async def _decode(self, request: web.Request) -> dict[str, Any]:
+        if request.method == "GET":
+            return dict(request.query)
         raw = await request.text()
         if request.content_type == "application/json":
             return json.loads(raw or "{}")

@@ -1,0 +1,94 @@
+"""`upstream-bot run`, `check-config` and `demo` as a user runs them: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.processes import free_port, port_free
+from tests.conftest import Consul
+
+BIN = [sys.executable, "-m", "bot.cli"]
+
+
+def upstream_bot(
+    *args: str, config: Path | None = None, env: dict[str, str] | None = None, stdin: str = "", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    if config is not None:
+        full_env["UPSTREAM_BOT_CONFIG"] = str(config)
+    return subprocess.run([*BIN, *args], input=stdin, capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "upstream-bot.yml"
+    path.write_text("apps:\n  app:\n    health:\n      url: http://{host}:{port}/ping\n      timeout: 2s\n")
+    return path
+
+
+def test_run_drains_with_yes_and_exits_zero(consul: Consul, config: Path, services: list[int]) -> None:
+    a, b = (f"127.0.0.1:{p}" for p in services[:2])
+    consul.add_server("app", a)
+    consul.add_server("app", b)
+    result = upstream_bot("run", f"/drain {a}", "--yes", config=config, env={"CONSUL_HTTP_ADDR": consul.url})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "app: 1 of 2 now serving" in result.stdout
+    assert json.loads(consul.value(f"upstreams/app/{a}") or "")["down"] == 1
+
+
+def test_run_without_yes_and_no_terminal_changes_nothing(consul: Consul, config: Path, services: list[int]) -> None:
+    a, b = (f"127.0.0.1:{p}" for p in services[:2])
+    consul.add_server("app", a)
+    consul.add_server("app", b)
+    result = upstream_bot("run", f"/drain {a}", config=config, env={"CONSUL_HTTP_ADDR": consul.url})
+    assert result.returncode == 1 and "pass --yes" in result.stdout
+    assert json.loads(consul.value(f"upstreams/app/{a}") or "")["down"] == 0
+
+
+def test_run_refusals_and_errors_exit_non_zero(consul: Consul, config: Path, services: list[int]) -> None:
+    only = f"127.0.0.1:{services[0]}"
+    consul.add_server("app", only)
+    refused = upstream_bot("run", f"/drain {only}", "--yes", config=config, env={"CONSUL_HTTP_ADDR": consul.url})
+    assert refused.returncode == 1 and "no serving server" in refused.stdout
+    bad = upstream_bot("run", "/drain nonsense", config=config, env={"CONSUL_HTTP_ADDR": consul.url})
+    assert bad.returncode == 1 and "not a server address" in bad.stdout
+    dead = f"http://127.0.0.1:{free_port()}"
+    down = upstream_bot("run", "/upstream status app", config=config, env={"CONSUL_HTTP_ADDR": dead})
+    assert down.returncode == 3 and f"{dead}: connection refused" in down.stdout
+
+
+def test_check_config_reports_every_problem_with_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yml"
+    path.write_text(
+        "consul:\n  adresses: [x]\napps:\n  app:\n    health:\n      window: 2 minutes\n"
+        "    release:\n      executor: ssh\n"
+    )
+    result = upstream_bot("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert "consul.adresses: unknown key" in result.stderr
+    assert "apps.app.health.window: '2 minutes' is not a duration" in result.stderr
+    good = tmp_path / "good.yml"
+    good.write_text("apps:\n  app:\n    release:\n      executor: ssh\nssh:\n  key: /nonexistent/key\n")
+    result = upstream_bot("check-config", "--config", str(good))
+    assert result.returncode == 2 and "ssh.key: /nonexistent/key is not a readable file" in result.stdout
+
+
+def test_demo_takes_the_same_commands_at_its_prompt() -> None:
+    base = next(p for p in range(19001, 19900, 10) if all(port_free(p + i) for i in range(3)))
+    script = (
+        f"/upstream status app\n/drain 127.0.0.1:{base}\ny\n/upstream status app\n"
+        f"/undrain 127.0.0.1:{base}\n/upstream status app\nexit\n"
+    )
+    result = upstream_bot("demo", "--base-port", str(base), stdin=script)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("app: 3 of 3 serving") == 2 and "app: 2 of 3 serving" in out
+    assert re.search(rf"127\.0\.0\.1:{base}\s+DRAINED", out)
+    assert "probe: ok (200 OK)" in out

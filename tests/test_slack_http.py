@@ -1,0 +1,242 @@
+"""The Slack front end through Bolt's real HTTP endpoint: `upstream-bot serve --http` as a process,
+signed requests, and what the bot said read from the Slack Web API stand-in's record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bot.processes import free_port, stop, wait_http
+from bot.standins.server_thread import ServerThread
+from bot.standins.slack import Call, SlackStandIn
+from tests.conftest import Consul
+from tests.helpers import SIGNING_SECRET, action_body, command_body, sign
+
+
+class Bot:
+    def __init__(self, url: str, consul: Consul, slack: SlackStandIn, slack_url: str) -> None:
+        self.url = url
+        self.consul = consul
+        self.slack = slack
+        self.slack_url = slack_url
+
+    def post(self, body: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **(sign(body) if headers is None else headers)}
+        return httpx.post(f"{self.url}/slack/events", content=body, headers=headers, timeout=10)
+
+    def command(self, command: str, text: str, user: str = "U1ALICE", **kw: str) -> httpx.Response:
+        url = f"{self.slack_url}/response/{time.monotonic_ns()}"
+        return self.post(command_body(command, text, user=user, response_url=url, **kw))
+
+    def press(self, action_id: str, value: str, user: str = "U1ALICE") -> httpx.Response:
+        return self.post(action_body(action_id, value, user=user, response_url=f"{self.slack_url}/response/press"))
+
+    def said(self, predicate, method: str | None = None, timeout: float = 10.0) -> Call:  # type: ignore[no-untyped-def]
+        return self.slack.wait_for(predicate, timeout=timeout, method=method)
+
+
+def confirm_key(call: Call) -> str:
+    for block in call.args["blocks"]:
+        for element in block.get("elements", []):
+            if element.get("action_id") == "confirm":
+                return str(element["value"])
+    raise AssertionError(f"no confirm button in {call.args}")
+
+
+@pytest.fixture(scope="module")
+def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bot]:
+    consul = Consul()
+    slack = SlackStandIn(usergroups={"S0OPS": ["U3OPS"]})
+    slack_server = ServerThread(slack.app()).start()
+    config = tmp_path_factory.mktemp("bot") / "upstream-bot.yml"
+    config.write_text(
+        "slack:\n  channel: C0DEPLOY\napps:\n  app:\n    approvers: [U2BOB, S0OPS]\n  big:\n    upstream: big\n"
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "UPSTREAM_BOT_CONFIG": str(config),
+        "CONSUL_HTTP_ADDR": consul.url,
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": f"{slack_server.url}/api/",
+    }
+    log_path = config.with_name("bot.log")
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "--log-level", "INFO", "serve", "--http", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=20)
+    except RuntimeError:
+        process.kill()
+        raise AssertionError(log_path.read_text()) from None
+    yield Bot(f"http://127.0.0.1:{port}", consul, slack, slack_server.url)
+    stop([process])  # type: ignore[list-item]
+    log.close()
+    print(log_path.read_text()[-5000:])  # shown by pytest when a test failed
+    slack_server.stop()
+    consul.stop()
+
+
+@pytest.fixture
+def seeded(bot: Bot) -> Bot:
+    bot.slack.clear()
+    for key in list(bot.consul.standin.kv):
+        bot.consul.server.call(bot.consul.standin.kv.pop, key)
+    bot.consul.add_server("app", "127.0.0.1:9001")
+    bot.consul.add_server("app", "127.0.0.1:9002")
+    return bot
+
+
+def down(bot: Bot, address: str) -> int:
+    return json.loads(bot.consul.value(f"upstreams/app/{address}") or "{}").get("down", 0)
+
+
+def test_healthz(bot: Bot) -> None:
+    assert httpx.get(f"{bot.url}/healthz").json() == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # unsigned
+        {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=" + "0" * 64},
+        "stale",
+        "other-secret",
+    ],
+)
+def test_requests_without_a_valid_fresh_signature_are_refused(seeded: Bot, headers) -> None:  # type: ignore[no-untyped-def]
+    body = command_body("/drain", "127.0.0.1:9001")
+    if headers == "stale":
+        headers = sign(body, timestamp=int(time.time()) - 6 * 60)
+    elif headers == "other-secret":
+        headers = sign(body, secret="not-the-secret")
+    assert seeded.post(body, headers).status_code == 401
+    time.sleep(0.3)  # a refused request must leave no trace; nothing to poll for
+    assert seeded.slack.calls("chat.postEphemeral") == []
+
+
+def test_status_is_answered_privately_with_a_summary(seeded: Bot) -> None:
+    response = seeded.command("/upstream", "status app")
+    assert response.status_code == 200
+    call = seeded.said(lambda c: "2 of 2 serving" in c.text, method="chat.postEphemeral")
+    assert call.args["user"] == "U1ALICE" and "127.0.0.1:9002" in call.text
+
+
+def test_drain_is_confirmed_by_the_button_and_announced_in_the_channel(seeded: Bot) -> None:
+    seeded.command("/drain", "127.0.0.1:9001")
+    asked = seeded.said(lambda c: "app: 1 of 2 will be serving" in c.text, method="chat.postEphemeral")
+    assert down(seeded, "127.0.0.1:9001") == 0
+    assert seeded.press("confirm", confirm_key(asked)).status_code == 200
+    posted = seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text, method="chat.postMessage")
+    assert posted.args["channel"] == "C0DEPLOY" and "U1ALICE" in posted.text and "1 of 2 now serving" in posted.text
+    assert down(seeded, "127.0.0.1:9001") == 1
+    # The buttons are replaced, so the message shows the verdict.
+    seeded.said(lambda c: c.args.get("replace_original") and "confirmed by" in c.text, method="response_url")
+
+
+def test_a_double_press_does_the_change_once(seeded: Bot) -> None:
+    seeded.command("/drain", "127.0.0.1:9001")
+    key = confirm_key(seeded.said(lambda c: "Drain" in c.text, method="chat.postEphemeral"))
+    seeded.press("confirm", key)
+    seeded.press("confirm", key)
+    seeded.said(lambda c: "Already confirmed by <@U1ALICE>" in c.text)
+    seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text, method="chat.postMessage")
+    time.sleep(0.3)  # the second press must not post a second result; nothing to poll for
+    assert len([c for c in seeded.slack.calls("chat.postMessage") if "Drain" in c.text]) == 1
+
+
+def test_only_the_requester_or_an_approver_may_confirm(seeded: Bot) -> None:
+    seeded.command("/drain", "127.0.0.1:9001")
+    key = confirm_key(seeded.said(lambda c: "Drain" in c.text, method="chat.postEphemeral"))
+    seeded.press("confirm", key, user="U9MALLORY")
+    seeded.said(lambda c: c.args.get("user") == "U9MALLORY" and "Only <@U1ALICE>" in c.text)
+    assert down(seeded, "127.0.0.1:9001") == 0
+    seeded.press("confirm", key, user="U3OPS")  # a member of the approvers' user group S0OPS
+    seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text and "U3OPS" in c.text, method="chat.postMessage")
+    assert down(seeded, "127.0.0.1:9001") == 1
+
+
+def test_cancel_changes_nothing(seeded: Bot) -> None:
+    seeded.command("/drain", "127.0.0.1:9001")
+    key = confirm_key(seeded.said(lambda c: "Drain" in c.text, method="chat.postEphemeral"))
+    seeded.press("cancel", key)
+    seeded.said(lambda c: "cancelled by" in c.text, method="response_url")
+    seeded.press("confirm", key)
+    seeded.said(lambda c: "Already cancelled" in c.text)
+    assert down(seeded, "127.0.0.1:9001") == 0
+
+
+def test_a_press_after_someone_else_changed_the_server_says_what_changed(seeded: Bot) -> None:
+    seeded.command("/drain", "127.0.0.1:9001")
+    key = confirm_key(seeded.said(lambda c: "Drain" in c.text, method="chat.postEphemeral"))
+    seeded.consul.add_server("app", "127.0.0.1:9001", weight=5)  # someone edits the entry meanwhile
+    seeded.press("confirm", key)
+    seeded.said(lambda c: "changed since you asked (weight 1 -> 5)" in c.text, method="chat.postMessage")
+    assert down(seeded, "127.0.0.1:9001") == 0
+
+
+def test_bad_input_gets_a_private_answer(seeded: Bot) -> None:
+    seeded.command("/drain", "10.0.0.5")
+    seeded.said(lambda c: "expected IPv4:port" in c.text, method="chat.postEphemeral")
+    seeded.command("/upstream", "status nope")
+    seeded.said(lambda c: "known apps: `app`, `big`" in c.text, method="chat.postEphemeral")
+
+
+def test_a_retried_slash_command_is_handled_once(seeded: Bot) -> None:
+    body = command_body("/drain", "127.0.0.1:9001", trigger_id="trigger-retry-1")
+    seeded.post(body)
+    seeded.post(body, {**sign(body), "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    seeded.said(lambda c: "Drain" in c.text, method="chat.postEphemeral")
+    time.sleep(0.3)  # a second confirmation would arrive about now; nothing to poll for
+    assert len([c for c in seeded.slack.calls("chat.postEphemeral") if "Drain" in c.text]) == 1
+
+
+def test_500_servers_fit_slacks_limits_and_page(seeded: Bot) -> None:
+    for i in range(500):
+        seeded.consul.add_server("big", f"10.1.{i // 250}.{i % 250 + 1}:8080", down=1 if i % 50 == 0 else 0)
+    seeded.command("/upstream", "status big")
+    call = seeded.said(lambda c: "490 of 500 serving" in c.text, method="chat.postEphemeral")
+    blocks = call.args["blocks"]
+    assert len(blocks) <= 50
+    assert all(len(b["text"]["text"]) <= 3000 for b in blocks if b["type"] == "section")
+    assert "page 1 of 10" in call.text
+    (next_page,) = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    seeded.press("status_page", next_page["value"])
+    seeded.said(lambda c: "page 2 of 10" in c.text and c.args.get("replace_original"), method="response_url")
+
+
+def test_acknowledged_before_consul_answers(seeded: Bot) -> None:
+    seeded.consul.standin.faults.delay = 1.5
+    try:
+        started = time.monotonic()
+        response = seeded.command("/upstream", "status app")
+        acked = time.monotonic() - started
+        assert response.status_code == 200 and acked < 1.5  # the ack did not wait for Consul
+        seeded.said(lambda c: "2 of 2 serving" in c.text, method="chat.postEphemeral")
+    finally:
+        seeded.consul.standin.faults.delay = 0.0
+
+
+def test_manifest_names_every_command_the_bot_registers() -> None:
+    import yaml
+
+    from commands.grammar import COMMANDS
+
+    manifest = yaml.safe_load(Path(__file__).parents[1].joinpath("manifest.yml").read_text())
+    assert manifest["_metadata"]["major_version"] == 1
+    assert {c["command"] for c in manifest["features"]["slash_commands"]} == set(COMMANDS)
+    assert {"commands", "chat:write", "usergroups:read"} <= set(manifest["oauth_config"]["scopes"]["bot"])
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True
