@@ -12,6 +12,7 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -29,6 +30,7 @@ T = TypeVar("T")
 
 LEADERLESS_RETRIES = 2  # "No cluster leader" during an election: retry this address, then the next
 LEADERLESS_BACKOFF = 0.25
+THREADS = 32
 
 
 @contextlib.contextmanager
@@ -65,6 +67,9 @@ class ConsulStore:
         self.timeout = timeout
         self._clients = [_client(a, token, timeout) for a in addresses]
         self._preferred = 0  # the address that answered last is asked first
+        # python-consul2 blocks: its calls get threads of their own, so a slow Consul cannot starve
+        # the default executor (and with it the rest of the bot).
+        self._threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="consul")
 
     # -- the failover core ------------------------------------------------------------------------
 
@@ -77,7 +82,8 @@ class ConsulStore:
             address = self.addresses[i]
             for attempt in range(LEADERLESS_RETRIES + 1):
                 try:
-                    result = await asyncio.to_thread(operation, self._clients[i])
+                    client = self._clients[i]
+                    result = await asyncio.get_running_loop().run_in_executor(self._threads, operation, client)
                 except (consul.ACLPermissionDenied, consul.ACLDisabled) as error:
                     body = str(error).strip().splitlines()[0] if str(error).strip() else "Permission denied"
                     raise StoreForbidden(

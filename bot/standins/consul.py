@@ -150,6 +150,7 @@ class ConsulStandIn:
         app.router.add_get("/v1/status/leader", self._leader)
         app.router.add_get("/v1/status/peers", self._peers)
         app.router.add_put("/_standin/faults", self._set_faults)
+        app.router.add_get("/_standin/ready", self._ready)
         return app
 
     @web.middleware
@@ -170,6 +171,9 @@ class ConsulStandIn:
         if self._expire_sessions():
             await self._notify()
         return await handler(request)
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        return web.json_response(True)  # answered without the injected faults: "the process is up"
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         body = await request.json()
