@@ -13,9 +13,18 @@ from urllib.parse import urlparse
 import yaml
 
 from bot.durations import parse_duration
-from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings
+from commands.settings import (
+    AppSettings,
+    HealthSettings,
+    NginxSettings,
+    ReleaseSettings,
+    SshOverride,
+    SshSettings,
+    StepSpec,
+)
 
 DEFAULT_PATH = "./upstream-bot.yml"
+AGENT_SECRET_ENV = "UPSTREAM_BOT_AGENT_SECRET"
 _SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _STEP = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -42,11 +51,13 @@ class SlackConfig:
 
 
 @dataclass(frozen=True)
-class SshConfig:
-    user: str = "deploy"
-    key: str | None = None
-    known_hosts: str | None = None
-    port: int = 22
+class AgentConfig:
+    """How the bot reaches `upstream-bot agent` on the nodes."""
+
+    port: int = 7070
+    scheme: str = "http"  # https when the agents have TLS
+    secret_file: str | None = None  # the shared HMAC secret; else $UPSTREAM_BOT_AGENT_SECRET
+    ca_file: str | None = None  # to verify the agents' TLS certificates
     connect_timeout: float = 10.0
 
 
@@ -55,7 +66,9 @@ class Config:
     consul: ConsulConfig = field(default_factory=ConsulConfig)
     slack: SlackConfig = field(default_factory=SlackConfig)
     apps: dict[str, AppSettings] = field(default_factory=dict)
-    ssh: SshConfig = field(default_factory=SshConfig)
+    ssh: SshSettings = field(default_factory=SshSettings)
+    ssh_hosts: dict[str, SshOverride] = field(default_factory=dict)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     source: str = "<built in>"
 
 
@@ -130,7 +143,7 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     path = f"apps.{name}"
     if not _NAME.match(str(name)):
         reader.problem(path, "an app name is letters, digits, '.', '_' or '-' (it is typed in commands)")
-    data = reader.mapping(raw, path, ("upstream", "nginx", "health", "release", "approvers", "approval"))
+    data = reader.mapping(raw, path, ("upstream", "nginx", "health", "release", "approvers", "approval", "ssh"))
     upstream = reader.get(data, "upstream", path, _string, str(name))
     if "/" in upstream:
         reader.problem(f"{path}.upstream", f"{upstream!r}: the upstream is one folder name, without '/'")
@@ -163,15 +176,26 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     r = reader.mapping(
         data.get("release"), r_path, ("executor", "drain_wait", "steps", "step_timeout", "version_pattern")
     )
-    steps: dict[str, str] = {}
+    step_timeout = reader.get(r, "step_timeout", r_path, parse_duration, 300.0)
+    steps: dict[str, StepSpec] = {}
     raw_steps = reader.mapping(r.get("steps"), f"{r_path}.steps", tuple(r.get("steps") or ()))
-    for step, command in raw_steps.items():
+    for step, spec in raw_steps.items():
+        s_path = f"{r_path}.steps.{step}"
         if not _STEP.match(str(step)):
-            reader.problem(f"{r_path}.steps.{step}", "a step name is lower-case letters, digits, '_' or '-'")
-        elif not isinstance(command, str) or not command.strip():
-            reader.problem(f"{r_path}.steps.{step}", "expected a shell command (a string)")
+            reader.problem(s_path, "a step name is lower-case letters, digits, '_' or '-'")
+        elif isinstance(spec, str) and spec.strip():
+            steps[str(step)] = StepSpec(spec, step_timeout)
+        elif isinstance(spec, Mapping):
+            fields = reader.mapping(spec, s_path, ("run", "timeout"))
+            command = reader.get(fields, "run", s_path, _string, None)
+            if command is None:
+                reader.problem(f"{s_path}.run", "missing: the shell command to run")
+            else:
+                steps[str(step)] = StepSpec(
+                    command, reader.get(fields, "timeout", s_path, parse_duration, step_timeout)
+                )
         else:
-            steps[str(step)] = command
+            reader.problem(s_path, 'expected a shell command, or {run: "command", timeout: 60s}')
     pattern = reader.get(r, "version_pattern", r_path, _string, ReleaseSettings.version_pattern)
     try:
         re.compile(pattern)
@@ -181,7 +205,7 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
         executor=reader.get(r, "executor", r_path, _choice(*_EXECUTORS), "local"),
         drain_wait=reader.get(r, "drain_wait", r_path, parse_duration, 2.0),
         steps=steps,
-        step_timeout=reader.get(r, "step_timeout", r_path, parse_duration, 300.0),
+        step_timeout=step_timeout,
         version_pattern=pattern,
     )
 
@@ -202,12 +226,22 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     approval = reader.get(data, "approval", path, _choice("required", "none"), "none")
     if approval == "required" and not approvers:
         reader.problem(f"{path}.approval", "is 'required' but the app has no approvers")
-    return AppSettings(str(name), upstream, nginx, health, release, tuple(approvers), approval)
+    ssh = _parse_override(reader, data.get("ssh"), f"{path}.ssh")
+    return AppSettings(str(name), upstream, nginx, health, release, tuple(approvers), approval, ssh)
+
+
+def _parse_override(reader: _Reader, raw: Any, path: str) -> SshOverride:
+    data = reader.mapping(raw, path, ("user", "port", "jump"))
+    return SshOverride(
+        user=reader.get(data, "user", path, _string, None),
+        port=reader.get(data, "port", path, _positive_int(1, 65535), None),
+        jump=reader.get(data, "jump", path, _string, None),
+    )
 
 
 def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> Config:
     reader = _Reader()
-    top = reader.mapping(raw, "", ("consul", "slack", "apps", "ssh"))
+    top = reader.mapping(raw, "", ("consul", "slack", "apps", "ssh", "agent"))
 
     c = reader.mapping(top.get("consul"), "consul", ("addresses", "prefix", "timeout"))
     addresses_raw = c.get("addresses", ["http://127.0.0.1:8500"])
@@ -243,17 +277,31 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> 
     for name, app_raw in raw_apps.items():
         apps[str(name)] = _parse_app(reader, str(name), app_raw)
 
-    h = reader.mapping(top.get("ssh"), "ssh", ("user", "key", "known_hosts", "port", "connect_timeout"))
-    ssh = SshConfig(
+    h = reader.mapping(
+        top.get("ssh"), "ssh", ("user", "key", "known_hosts", "port", "jump", "connect_timeout", "hosts")
+    )
+    ssh = SshSettings(
         user=reader.get(h, "user", "ssh", _string, "deploy"),
         key=reader.get(h, "key", "ssh", _string, None),
         known_hosts=reader.get(h, "known_hosts", "ssh", _string, None),
         port=reader.get(h, "port", "ssh", _positive_int(1, 65535), 22),
+        jump=reader.get(h, "jump", "ssh", _string, None),
         connect_timeout=reader.get(h, "connect_timeout", "ssh", parse_duration, 10.0),
+    )
+    raw_hosts = reader.mapping(h.get("hosts"), "ssh.hosts", tuple(h.get("hosts") or ()))
+    ssh_hosts = {str(host): _parse_override(reader, spec, f"ssh.hosts.{host}") for host, spec in raw_hosts.items()}
+
+    a = reader.mapping(top.get("agent"), "agent", ("port", "scheme", "secret_file", "ca_file", "connect_timeout"))
+    agent = AgentConfig(
+        port=reader.get(a, "port", "agent", _positive_int(1, 65535), 7070),
+        scheme=reader.get(a, "scheme", "agent", _choice("http", "https"), "http"),
+        secret_file=reader.get(a, "secret_file", "agent", _string, None),
+        ca_file=reader.get(a, "ca_file", "agent", _string, None),
+        connect_timeout=reader.get(a, "connect_timeout", "agent", parse_duration, 10.0),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
-    return Config(consul, slack, apps, ssh, source)
+    return Config(consul, slack, apps, ssh, ssh_hosts, agent, source)
 
 
 def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
@@ -291,6 +339,16 @@ def environment_problems(config: Config, env: Mapping[str, str]) -> tuple[list[s
                 problems.append(f"ssh.{key}: not set, but an app uses release.executor: ssh")
             elif not os.access(value, os.R_OK):
                 problems.append(f"ssh.{key}: {value} is not a readable file")
+    if any(app.release.executor == "agent" for app in config.apps.values()):
+        if config.agent.secret_file:
+            if not os.access(config.agent.secret_file, os.R_OK):
+                problems.append(f"agent.secret_file: {config.agent.secret_file} is not a readable file")
+        elif not env.get(AGENT_SECRET_ENV):
+            problems.append(
+                f"env {AGENT_SECRET_ENV}: not set and no agent.secret_file, but an app uses release.executor: agent"
+            )
+        if config.agent.ca_file and not os.access(config.agent.ca_file, os.R_OK):
+            problems.append(f"agent.ca_file: {config.agent.ca_file} is not a readable file")
     if not config.slack.channel:
         notes.append("slack.channel: not set; results go to the channel a command came from")
     return problems, notes

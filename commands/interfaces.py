@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from commands.addresses import ServerAddress
 from commands.servers import Upstream
+from commands.steps import OutputLine, StepResult, StepTarget
 
 
 class UpstreamStore(Protocol):
@@ -60,3 +62,21 @@ class Clock(Protocol):
         ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+OutputSink = Callable[[OutputLine], Awaitable[None]]
+
+
+class Executor(Protocol):
+    """Runs an app's configured release steps on the node that owns `host:port`."""
+
+    async def check(self, target: StepTarget, steps: Sequence[str]) -> str | None:
+        """Preflight: None when the node can run `steps`; otherwise why not (nothing is run)."""
+        ...
+
+    async def run(self, step: str, target: StepTarget, on_output: OutputSink | None = None) -> StepResult:
+        """Run one step to its end, its timeout, or cancellation (which stops it on the node too).
+        Raises `StepRefused` before running anything when a value or the step is not valid."""
+        ...
+
+    async def close(self) -> None: ...

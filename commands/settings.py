@@ -32,12 +32,39 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class StepSpec:
+    command: str  # shell text from the config; {app} {host} {port} {version} are filled in, quoted
+    timeout: float = 300.0  # the command is killed on the node after this
+
+
+@dataclass(frozen=True)
 class ReleaseSettings:
     executor: str = "local"  # ssh | agent | local
     drain_wait: float = 2.0
-    steps: dict[str, str] = field(default_factory=dict)
-    step_timeout: float = 300.0
+    steps: dict[str, StepSpec] = field(default_factory=dict)
+    step_timeout: float = 300.0  # the default for steps that set none
     version_pattern: str = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How to reach one node over SSH (global defaults, then the app's, then the host's)."""
+
+    user: str = "deploy"
+    port: int = 22
+    key: str | None = None
+    known_hosts: str | None = None
+    jump: str | None = None  # [user@]host[:port] of a jump host
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class SshOverride:
+    """Per-app or per-host SSH settings; None keeps what the level above says."""
+
+    user: str | None = None
+    port: int | None = None
+    jump: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,3 +76,4 @@ class AppSettings:
     release: ReleaseSettings = field(default_factory=ReleaseSettings)
     approvers: tuple[str, ...] = ()  # Slack user IDs (U/W...) or user-group IDs (S...)
     approval: str = "none"  # required | none
+    ssh: SshOverride = field(default_factory=SshOverride)

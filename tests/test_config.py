@@ -46,7 +46,8 @@ def test_the_contracts_example_config_loads() -> None:
     app = config.apps["app"]
     assert app.nginx.upsync_interval == 0.5
     assert (app.health.interval, app.health.window, app.health.rise) == (10.0, 120.0, 2)
-    assert app.release.steps["deploy"] == "/opt/app/deploy.sh {version}"
+    assert app.release.steps["deploy"].command == "/opt/app/deploy.sh {version}"
+    assert app.release.steps["deploy"].timeout == 300.0
     assert app.approvers == ("U2BOB",) and app.approval == "required"
     assert config.slack.channel == "C0DEPLOY"
 

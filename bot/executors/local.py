@@ -1,0 +1,31 @@
+"""The local executor: steps run on the bot's own machine (demo, single-host setups)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot.executors.process import run_process
+from commands.interfaces import OutputSink
+from commands.settings import AppSettings
+from commands.steps import StepRefused, StepResult, StepTarget, prepare_step
+
+
+class LocalExecutor:
+    def __init__(self, app: AppSettings) -> None:
+        self.app = app
+
+    async def check(self, target: StepTarget, steps: Sequence[str]) -> str | None:
+        missing = [s for s in steps if s not in self.app.release.steps]
+        if missing:
+            return f"{self.app.name} has no step {', '.join(missing)} configured"
+        return None
+
+    async def run(self, step: str, target: StepTarget, on_output: OutputSink | None = None) -> StepResult:
+        command, timeout = prepare_step(self.app, step, target)
+        return await run_process(command, timeout, step, target.node, on_output)
+
+    async def close(self) -> None:
+        return None
+
+
+__all__ = ["LocalExecutor", "StepRefused"]
