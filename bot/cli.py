@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", parents=[common], help="validate the config and the secrets it refers to")
     check.add_argument("--connect", action="store_true", help="also check that Consul answers")
 
-    sub.add_parser("agent", parents=[common], help="the per-node agent executor")
+    sub.add_parser("agent", parents=[common], help="the per-node agent: runs the steps in its own --config agent.yml")
     return parser
 
 
@@ -84,6 +84,25 @@ def _check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from bot.agent.config import DEFAULT_PATH, AgentConfigError, load_agent_config
+    from bot.agent.server import serve_agent
+
+    path = args.config or os.environ.get("UPSTREAM_BOT_AGENT_CONFIG") or DEFAULT_PATH
+    try:
+        settings = load_agent_config(path)
+    except AgentConfigError as error:
+        print(f"agent config {path} has {len(error.problems)} problem(s):", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        asyncio.run(serve_agent(settings))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 async def _run(config: Config, line: str, yes: bool) -> int:
     from bot.runtime import service_for
     from bot.terminal import TerminalFrontEnd
@@ -111,12 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "agent":
-        print(
-            "error: the node agent is not part of this version of upstream-bot yet; "
-            "use release.executor: ssh or local.",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+        return _agent(args)
     config = _load(args)
     if config is None:
         return EXIT_CONFIG

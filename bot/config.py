@@ -177,8 +177,33 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
         data.get("release"), r_path, ("executor", "drain_wait", "steps", "step_timeout", "version_pattern")
     )
     step_timeout = reader.get(r, "step_timeout", r_path, parse_duration, 300.0)
+    executor = reader.get(r, "executor", r_path, _choice(*_EXECUTORS), "local")
     steps: dict[str, StepSpec] = {}
-    raw_steps = reader.mapping(r.get("steps"), f"{r_path}.steps", tuple(r.get("steps") or ()))
+    raw_list = r.get("steps")
+    if executor == "agent" and raw_list is not None and not isinstance(raw_list, list):
+        reader.problem(
+            f"{r_path}.steps",
+            "with executor: agent, list the step names (e.g. [stop, deploy, start]); "
+            "their commands live in each node's agent.yml",
+        )
+        raw_list = []
+    if isinstance(raw_list, list):
+        if executor != "agent":
+            reader.problem(
+                f"{r_path}.steps",
+                f"with executor: {executor}, give each step its shell command, "
+                'e.g. {stop: "systemctl stop app@{port}"}',
+            )
+        for i, name in enumerate(raw_list):
+            if not isinstance(name, str) or not _STEP.match(name):
+                reader.problem(f"{r_path}.steps[{i}]", "a step name is lower-case letters, digits, '_' or '-'")
+            else:
+                steps[name] = StepSpec("", step_timeout)  # run by name on the agent
+    raw_steps = reader.mapping(
+        r.get("steps") if not isinstance(raw_list, list) else None,
+        f"{r_path}.steps",
+        tuple(r.get("steps") or ()) if not isinstance(raw_list, list) else (),
+    )
     for step, spec in raw_steps.items():
         s_path = f"{r_path}.steps.{step}"
         if not _STEP.match(str(step)):
@@ -202,7 +227,7 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     except re.error as error:
         reader.problem(f"{r_path}.version_pattern", f"not a regular expression: {error}")
     release = ReleaseSettings(
-        executor=reader.get(r, "executor", r_path, _choice(*_EXECUTORS), "local"),
+        executor=executor,
         drain_wait=reader.get(r, "drain_wait", r_path, parse_duration, 2.0),
         steps=steps,
         step_timeout=step_timeout,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -86,3 +88,35 @@ class RecordingNotifier:
 
     def of(self, kind: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
+
+
+def processes_matching(marker: str) -> list[str]:
+    """Command lines of live processes containing `marker` (read from /proc, no tools needed)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(cmdline)
+    return found
+
+
+async def wait_gone(marker: str, timeout: float = 10.0) -> list[str]:
+    """Poll until no process carries `marker` (bounded); the survivors otherwise."""
+    for _ in range(int(timeout / 0.05)):
+        if not processes_matching(marker):
+            return []
+        await asyncio.sleep(0.05)
+    return processes_matching(marker)
+
+
+async def wait_started(marker: str, timeout: float = 10.0) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if processes_matching(marker):
+            return True
+        await asyncio.sleep(0.05)
+    return False

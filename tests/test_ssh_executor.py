@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,32 +12,8 @@ import pytest
 from bot.executors.ssh import SshExecutor
 from commands.settings import AppSettings, ReleaseSettings, SshOverride, SshSettings, StepSpec
 from commands.steps import OutputLine, StepRefused, StepTarget
+from tests.helpers import wait_gone, wait_started
 from tests.sshd import PrivateSshd, keygen, user
-
-
-def processes_matching(marker: str) -> list[str]:
-    """Command lines of live processes containing `marker` (read from /proc, no tools needed)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(cmdline)
-    return found
-
-
-async def wait_gone(marker: str, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = processes_matching(marker)
-        if not left:
-            return []
-        await asyncio.sleep(0.05)
-    return processes_matching(marker)
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +87,7 @@ async def test_a_cancelled_step_is_stopped_on_the_node(sshd: PrivateSshd) -> Non
     marker = f"marker-{uuid.uuid4().hex}"
     ex = executor(sshd, {"deploy": f"sleep 60 # {marker}"})
     task = asyncio.create_task(ex.run("deploy", TARGET))
-    deadline = time.monotonic() + 10
-    while not processes_matching(f"sleep 60 # {marker}") and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert processes_matching(marker), "the step never started"
+    assert await wait_started(f"sleep 60 # {marker}"), "the step never started"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
