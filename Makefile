@@ -5,7 +5,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+# Real servers the tests start on 127.0.0.1 (sshd, and the tools to make keys and certificates).
+DEBIAN_PACKAGES := openssh-server openssh-client openssl procps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint bench clean system-deps
+
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
@@ -23,11 +34,12 @@ run: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 
-test: $(VENV)/.installed lint
+test: $(VENV)/.installed system-deps lint
 	$(BIN)/python -m pytest -q
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed system-deps
 	$(BIN)/python benchmarks/ack_latency.py
+	$(BIN)/python benchmarks/executor.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -6,29 +6,44 @@ exactly as nginx-upsync-module expects, and a prompt that takes the same command
 
 from __future__ import annotations
 
-import subprocess
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 from bot.config import Config, ConsulConfig
-from bot.processes import port_free, start_sample_service, stop
+from bot.processes import port_free, start_sample_service, stop_sample_service
 from bot.runtime import service_for
 from bot.standins.consul import ConsulStandIn
 from bot.standins.server_thread import ServerThread
 from bot.terminal import TerminalFrontEnd
 from commands.servers import DEFAULTS, encode
-from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings
+from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings, StepSpec
 
 BANNER = """upstream-bot demo: Consul stand-in at {consul}, app served by {servers}.
 Try:  /upstream status app   /drain {first}   /undrain {first}   /upstream add app 127.0.0.1:PORT
       help, exit"""
 
 
-def demo_config(consul_url: str, ports: list[int]) -> Config:
+def demo_steps(state: Path) -> dict[str, StepSpec]:
+    """The demo's release steps really stop, deploy and start its sample service processes."""
+    base = f"{shlex.quote(sys.executable)} -m bot.sample_service"
+    where = f"--state-dir {shlex.quote(str(state))}"
+    return {
+        "stop": StepSpec(f"{base} stop --port {{port}} {where}", 30.0),
+        "deploy": StepSpec(f"{base} deploy --port {{port}} --version {{version}} {where}", 30.0),
+        "start": StepSpec(f"{base} start --host {{host}} --port {{port}} {where}", 30.0),
+    }
+
+
+def demo_config(consul_url: str, ports: list[int], state: Path) -> Config:
     app = AppSettings(
         name="app",
         upstream="app",
         nginx=NginxSettings(upsync_interval=0.5),
         health=HealthSettings(url="http://{host}:{port}/ping", interval=10.0, timeout=2.0, window=120.0, rise=2),
-        release=ReleaseSettings(executor="local", drain_wait=1.0),
+        release=ReleaseSettings(executor="local", drain_wait=1.0, steps=demo_steps(state)),
     )
     return Config(consul=ConsulConfig(addresses=(consul_url,)), apps={"app": app}, source="<demo>")
 
@@ -46,11 +61,11 @@ async def run_demo(base_port: int = 9001, count: int = 3) -> int:
     for port in ports:
         standin.put_value(f"upstreams/app/127.0.0.1:{port}", encode(dict(DEFAULTS)))
     server = ServerThread(standin.app()).start()
-    services: list[subprocess.Popen[bytes]] = []
+    state = Path(tempfile.mkdtemp(prefix="upstream-bot-demo-"))
     try:
         for port in ports:
-            services.append(start_sample_service(port))
-        config = demo_config(server.url, ports)
+            start_sample_service(port, state_dir=state)
+        config = demo_config(server.url, ports, state)
         async with service_for(config) as service:
             front = TerminalFrontEnd(service, user="local:demo")
             await front.repl(
@@ -60,5 +75,7 @@ async def run_demo(base_port: int = 9001, count: int = 3) -> int:
             )
         return 0
     finally:
-        stop(services)
+        for port in ports:
+            stop_sample_service(port, state)
         server.stop()
+        shutil.rmtree(state, ignore_errors=True)

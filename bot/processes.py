@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -40,9 +41,11 @@ def wait_http(url: str, timeout: float = 10.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:g} s ({last})")
 
 
-def start_sample_service(port: int, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+def start_sample_service(port: int, host: str = "127.0.0.1", state_dir: Path | None = None) -> subprocess.Popen[bytes]:
+    """A sample service process; with `state_dir` it writes a pid file that its `stop` action uses."""
+    where = ["--state-dir", str(state_dir)] if state_dir is not None else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "bot.sample_service", "--host", host, "--port", str(port)],
+        [sys.executable, "-m", "bot.sample_service", "serve", "--host", host, "--port", str(port), *where],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -52,6 +55,16 @@ def start_sample_service(port: int, host: str = "127.0.0.1") -> subprocess.Popen
         process.kill()
         raise
     return process
+
+
+def stop_sample_service(port: int, state_dir: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "bot.sample_service", "stop", "--port", str(port), "--state-dir", str(state_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
