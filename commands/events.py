@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from commands.addresses import ServerAddress
-from commands.interfaces import ProbeResult
+from commands.interfaces import LockInfo, ProbeResult
 from commands.plans import ChangePlan, ChangeResult
+from commands.release_plan import ReleasePlan
+from commands.release_state import ReleaseState
+from commands.steps import OutputLine
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,98 @@ class Help:
     text: str
 
 
-Event = StatusReport | ConfirmationNeeded | ChangeApplied | Notice | Problem | Help
+# -- releases ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleasePlanned:
+    """The requester sees the plan with Start and Cancel. Stage 2: the explicit --force confirmation."""
+
+    plan: ReleasePlan
+    stage: int = 1
+
+
+@dataclass(frozen=True)
+class ReleaseDryRun:
+    plan: ReleasePlan
+
+
+@dataclass(frozen=True)
+class ApprovalRequested:
+    """Posted to the channel: an approver other than the requester may approve or reject."""
+
+    plan: ReleasePlan
+
+
+@dataclass(frozen=True)
+class ReleaseUpdate:
+    """The release moved on. `line` is what changed, for the terminal; `thread` is detail (a failing
+    step's output tail) for the progress message's thread."""
+
+    state: ReleaseState
+    line: str
+    thread: str | None = None
+
+
+@dataclass(frozen=True)
+class DecisionNeeded:
+    """The release waits: after the canary (continue, abort) or a failed node (retry, restore, leave)."""
+
+    state: ReleaseState
+    kind: str  # "canary" | "failure"
+    decision_id: str
+    node: ServerAddress | None = None
+    reason: str = ""
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return ("continue", "abort") if self.kind == "canary" else ("retry", "restore", "leave")
+
+
+@dataclass(frozen=True)
+class ReleaseFinished:
+    state: ReleaseState
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    release_id: str
+    output: OutputLine
+
+
+@dataclass(frozen=True)
+class ReleaseStatusReport:
+    app: str
+    state: ReleaseState | None
+    lock: LockInfo | None
+
+
+@dataclass(frozen=True)
+class AbortRequested:
+    """`/release abort app` asks first; confirming calls the engine's abort."""
+
+    app: str
+    release_id: str
+    requester: str
+
+
+Event = (
+    StatusReport
+    | ConfirmationNeeded
+    | ChangeApplied
+    | Notice
+    | Problem
+    | Help
+    | ReleasePlanned
+    | ReleaseDryRun
+    | ApprovalRequested
+    | ReleaseUpdate
+    | DecisionNeeded
+    | ReleaseFinished
+    | StepOutput
+    | ReleaseStatusReport
+    | AbortRequested
+)
 
 
 class Notifier(Protocol):

@@ -80,3 +80,37 @@ class Executor(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds an app's release lock (stored as the lock key's value)."""
+
+    app: str
+    release_id: str
+    requester: str
+    holder: str  # the bot instance: host and pid
+    since: float
+
+
+class LockBusy(Exception):
+    def __init__(self, info: LockInfo | None) -> None:
+        super().__init__(f"release lock held by {info}")
+        self.info = info
+
+
+class ReleaseLock(Protocol):
+    @property
+    def lost(self) -> bool:
+        """True once the lock can no longer be trusted (its session expired or was destroyed)."""
+        ...
+
+    async def release(self) -> None: ...
+
+
+class LockManager(Protocol):
+    async def acquire(self, info: LockInfo) -> ReleaseLock:
+        """The app's lock, or LockBusy naming who holds it."""
+        ...
+
+    async def holder(self, app: str) -> LockInfo | None: ...

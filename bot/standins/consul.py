@@ -324,22 +324,24 @@ class ConsulStandIn:
         }
 
     async def _session_create(self, request: web.Request) -> web.Response:
-        body = await request.json() if request.can_read_body else {}
+        raw = await request.json() if request.can_read_body else {}
+        # Consul decodes JSON field names case-insensitively (python-consul2 sends "ttl", "behavior").
+        body = {str(k).lower(): v for k, v in (raw or {}).items()}
         ttl = None
-        if body.get("TTL"):
+        if body.get("ttl"):
             try:
-                ttl = _duration(body["TTL"])
+                ttl = _duration(body["ttl"])
             except ValueError:
-                return web.Response(status=400, text=f"Request decode failed: invalid TTL {body['TTL']!r}")
+                return web.Response(status=400, text=f"Request decode failed: invalid TTL {body['ttl']!r}")
             if not 10 <= ttl <= 86400:
                 return web.Response(
-                    status=400, text=f"Invalid Session TTL '{body['TTL']}', must be between [10s=24h0m0s]"
+                    status=400, text=f"Invalid Session TTL '{body['ttl']}', must be between [10s=24h0m0s]"
                 )
-        behavior = body.get("Behavior", "release")
+        behavior = body.get("behavior", "release")
         if behavior not in ("release", "delete"):
             return web.Response(status=400, text=f"Invalid Behavior setting '{behavior}'")
-        lock_delay = _duration(str(body.get("LockDelay", "15s")))
-        session = _Session(str(uuid.uuid4()), str(body.get("Name", "")), ttl, behavior, lock_delay, self._bump())
+        lock_delay = _duration(str(body.get("lockdelay", "15s")))
+        session = _Session(str(uuid.uuid4()), str(body.get("name") or ""), ttl, behavior, lock_delay, self._bump())
         if ttl:
             session.expires_at = time.monotonic() + ttl
         self.sessions[session.id] = session

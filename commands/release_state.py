@@ -1,0 +1,81 @@
+"""What a release is doing, node by node: the state the engine moves and both front ends show."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from commands.addresses import ServerAddress
+from commands.release_plan import ReleasePlan
+from commands.steps import StepResult
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"
+    DRAINING = "draining"
+    DRAIN_WAIT = "waiting for traffic to leave"
+    STEP = "running"
+    PROBING = "probing"
+    RESTORING = "restoring"
+    ROUTE_WAIT = "waiting for nginx to route to it"
+    DONE = "released"
+    FAILED = "failed"
+    LEFT_DRAINED = "left drained"
+    RESTORED_UNRELEASED = "restored (not released)"
+
+
+class Status(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"  # canary done, or a failure waiting for a decision
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED, Status.ABORTED)
+
+
+@dataclass
+class NodeState:
+    address: ServerAddress
+    phase: Phase = Phase.WAITING
+    step: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    durations: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    drained: bool = False  # drained by this release and not restored yet
+    stopped: bool = False  # its stop step ran and its start step has not succeeded since
+    results: list[StepResult] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        if self.phase is Phase.STEP and self.step:
+            return f"{self.step}..."
+        return self.phase.value
+
+
+@dataclass
+class ReleaseState:
+    plan: ReleasePlan
+    nodes: dict[ServerAddress, NodeState]
+    status: Status = Status.STARTING
+    started_at: float = 0.0
+    finished_at: float | None = None
+    approver: str | None = None
+    message: str = ""  # the latest headline: why it stopped, what it waits for
+    aborted_by: str | None = None
+    version: int = 0  # bumped on every change, so front ends can skip identical renders
+
+    @classmethod
+    def new(cls, plan: ReleasePlan, now: float, approver: str | None = None) -> ReleaseState:
+        return cls(plan, {a: NodeState(a) for a in plan.nodes}, started_at=now, approver=approver)
+
+    def elapsed(self, now: float) -> float:
+        return (self.finished_at or now) - self.started_at
+
+    @property
+    def released(self) -> int:
+        return sum(1 for n in self.nodes.values() if n.phase is Phase.DONE)
