@@ -42,7 +42,7 @@ def demo_config(consul_url: str, ports: list[int], state: Path) -> Config:
         name="app",
         upstream="app",
         nginx=NginxSettings(upsync_interval=0.5),
-        health=HealthSettings(url="http://{host}:{port}/ping", interval=10.0, timeout=2.0, window=120.0, rise=2),
+        health=HealthSettings(url="http://{host}:{port}/ping", interval=2.0, timeout=2.0, window=30.0, rise=2),
         release=ReleaseSettings(executor="local", drain_wait=1.0, steps=demo_steps(state)),
     )
     return Config(consul=ConsulConfig(addresses=(consul_url,)), apps={"app": app}, source="<demo>")

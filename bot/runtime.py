@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
 
 from bot.clock import SystemClock
 from bot.config import Config
+from bot.consul_lock import ConsulLockManager
 from bot.consul_store import ConsulStore
+from bot.executors.factory import executor_for
 from bot.nginx_status import HttpNginxReader
 from bot.prober import HttpProber
+from commands.interfaces import Executor
+from commands.releases import Releases
 from commands.service import CommandService
+from commands.settings import AppSettings
 
 HTTP_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+
+
+def holder_name() -> str:
+    """This bot instance, as the release lock names it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @contextlib.asynccontextmanager
@@ -22,6 +34,11 @@ async def service_for(config: Config) -> AsyncIterator[CommandService]:
     store = ConsulStore(config.consul.addresses, config.consul.prefix, config.consul.token, config.consul.timeout)
     # Probes go straight to the nodes: no proxy from the environment, no cookies kept.
     async with httpx.AsyncClient(limits=HTTP_LIMITS, trust_env=False) as client:
-        yield CommandService(
-            config.apps, store, HttpProber(client), HttpNginxReader(config.apps, client), SystemClock()
-        )
+        prober, nginx, clock = HttpProber(client), HttpNginxReader(config.apps, client), SystemClock()
+
+        def executors(app: AppSettings) -> Executor:
+            return executor_for(app, config)
+
+        releases = Releases(config.apps, store, prober, nginx, clock, ConsulLockManager(store), executors,
+                            holder_name())
+        yield CommandService(config.apps, store, prober, nginx, clock, releases)

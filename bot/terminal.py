@@ -10,7 +10,15 @@ from typing import TextIO
 
 from bot.text_render import event_lines
 from commands.errors import UserError
-from commands.events import ConfirmationNeeded, Event, Problem
+from commands.events import (
+    AbortRequested,
+    ApprovalRequested,
+    ConfirmationNeeded,
+    DecisionNeeded,
+    Event,
+    Problem,
+    ReleasePlanned,
+)
 from commands.grammar import parse_line
 from commands.service import CommandService, Outcome
 
@@ -50,13 +58,34 @@ class TerminalFrontEnd:
         self.out = out or sys.stdout
         self.assume_yes = assume_yes
         self.user = user or terminal_user()
-        self._pending: ConfirmationNeeded | None = None
+        self._pending: ConfirmationNeeded | ReleasePlanned | AbortRequested | None = None
 
     async def emit(self, event: Event) -> None:
-        if isinstance(event, ConfirmationNeeded):
+        if isinstance(event, ConfirmationNeeded | ReleasePlanned | AbortRequested):
             self._pending = event
         for line in event_lines(event):
             print(line, file=self.out, flush=True)
+        if isinstance(event, ApprovalRequested):
+            print(
+                f"Refused here: {event.plan.app} has approval: required, and a terminal cannot collect a "
+                "second person's approval. Run the release from Slack.",
+                file=self.out,
+                flush=True,
+            )
+        elif isinstance(event, DecisionNeeded):
+            await self._decide(event)
+
+    async def _decide(self, event: DecisionNeeded) -> None:
+        if event.kind == "canary":
+            go = self.assume_yes or (await self.ask("Continue with the rest? [y/N] ") or "").lower() in ("y", "yes")
+            choice = "continue" if go else "abort"
+        elif self.assume_yes:
+            choice = "leave"  # unattended: the safe choice; the node stays drained, nothing else is touched
+        else:
+            answer = (await self.ask("retry, restore (put it back anyway) or leave it drained? [leave] ") or "").lower()
+            choice = answer if answer in ("retry", "restore", "leave") else "leave"
+        print(f"decision: {choice}", file=self.out, flush=True)
+        await self.service.decide(event.state.plan.app, event.decision_id, choice, self.user, self)
 
     async def run_line(self, line: str) -> Outcome:
         try:
@@ -71,7 +100,12 @@ class TerminalFrontEnd:
             if not await self._confirmed(pending):
                 print("Cancelled; nothing was changed.", file=self.out, flush=True)
                 return Outcome.REFUSED
-            outcome = await self.service.confirm(pending.plan, pending.stage, self.user, self)
+            if isinstance(pending, ConfirmationNeeded):
+                outcome = await self.service.confirm(pending.plan, pending.stage, self.user, self)
+            elif isinstance(pending, ReleasePlanned):
+                outcome = await self.service.start_release(pending.plan, pending.stage, self.user, self)
+            else:
+                outcome = await self.service.abort_release(pending.app, pending.release_id, self.user, self)
         return outcome
 
     async def _confirmed(self, pending: ConfirmationNeeded) -> bool:

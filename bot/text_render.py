@@ -5,15 +5,25 @@ from __future__ import annotations
 import time
 
 from commands.events import (
+    AbortRequested,
+    ApprovalRequested,
     ChangeApplied,
     ConfirmationNeeded,
+    DecisionNeeded,
     Event,
     Help,
     Notice,
     Problem,
+    ReleaseDryRun,
+    ReleaseFinished,
+    ReleasePlanned,
+    ReleaseStatusReport,
+    ReleaseUpdate,
     ServerStatus,
     StatusReport,
+    StepOutput,
 )
+from commands.release_state import NodeState, Phase, ReleaseState
 
 
 def when(at: float) -> str:
@@ -59,8 +69,71 @@ def applied_lines(event: ChangeApplied) -> list[str]:
     return [head, *[f"  {'ok' if r.ok else 'FAILED'}  {r.change.app}: {r.detail}" for r in event.results]]
 
 
+def node_line(node: NodeState) -> str:
+    mark = {
+        Phase.DONE: "ok",
+        Phase.FAILED: "FAILED",
+        Phase.LEFT_DRAINED: "drained",
+        Phase.RESTORED_UNRELEASED: "restored",
+        Phase.WAITING: "-",
+    }.get(node.phase, "..")
+    steps = " ".join(f"{step} {seconds:.1f}s" for step, seconds in node.durations.items())
+    line = f"{mark:<8} {node.address!s:<21} {node.label}"
+    if steps:
+        line += f"  ({steps})"
+    if node.error:
+        line += f"  {node.error}"
+    return line
+
+
+def release_header(state: ReleaseState, now: float) -> str:
+    plan = state.plan
+    who = f"requested by {plan.requester}" + (f", approved by {state.approver}" if state.approver else "")
+    return (
+        f"{plan.title}: {state.status.value}, {state.released} of {len(state.nodes)} released, "
+        f"{state.elapsed(now):.0f} s; {who}"
+    )
+
+
+def release_summary(state: ReleaseState, now: float) -> list[str]:
+    return [
+        release_header(state, now),
+        *[f"  {node_line(n)}" for n in state.nodes.values()],
+        *([f"  {state.message}"] if state.message else []),
+    ]
+
+
 def event_lines(event: Event) -> list[str]:
     match event:
+        case ReleasePlanned(plan=plan, stage=stage):
+            head = f"SECOND CONFIRMATION (--force): {plan.title}" if stage >= 2 else f"{plan.title}?"
+            return [head, *[f"  {line}" for line in plan.lines()]]
+        case ReleaseDryRun(plan=plan):
+            return [f"Dry run, nothing changed: {plan.title}", *[f"  {line}" for line in plan.lines()]]
+        case ApprovalRequested(plan=plan):
+            return [f"{plan.title} needs approval by {', '.join(plan.approvers)} (not the requester)."]
+        case ReleaseUpdate(line=line, thread=thread):
+            return [f"{time.strftime('%H:%M:%S')}  {line}", *[f"    {t}" for t in (thread or "").splitlines()]]
+        case StepOutput(output=out):
+            return [f"    {out.node} {out.step} | {out.line}"]
+        case DecisionNeeded(kind=kind, reason=reason, node=node):
+            return [
+                f"{'Canary done' if kind == 'canary' else f'{node} failed'}: {reason}",
+                f"  options: {', '.join(event.options)}",
+            ]
+        case ReleaseFinished(state=state):
+            return release_summary(state, time.time())
+        case ReleaseStatusReport(app=app, state=state, lock=lock):
+            if state is not None:
+                return release_summary(state, time.time())
+            if lock is not None:
+                return [
+                    f"A release of {app} is running on {lock.holder}: started by {lock.requester} at "
+                    f"{when(lock.since)} (release {lock.release_id})."
+                ]
+            return [f"No release of {app} is running."]
+        case AbortRequested(app=app):
+            return [f"Abort the running release of {app}? It stops before the next step."]
         case StatusReport():
             return status_lines(event)
         case ConfirmationNeeded():

@@ -9,12 +9,16 @@ from dataclasses import replace
 from commands.addresses import ServerAddress
 from commands.errors import StoreError, UserError
 from commands.events import (
+    AbortRequested,
+    ApprovalRequested,
     ChangeApplied,
     ConfirmationNeeded,
     Help,
     Notice,
     Notifier,
     Problem,
+    ReleaseDryRun,
+    ReleasePlanned,
     ServerStatus,
     StatusReport,
 )
@@ -29,6 +33,9 @@ from commands.plans import (
     new_entry_fields,
     serving_after,
 )
+from commands.release_plan import ReleasePlan
+from commands.release_state import Status
+from commands.releases import Releases, held_by
 from commands.requests import (
     AddRequest,
     DrainRequest,
@@ -66,7 +73,9 @@ class CommandService:
         prober: Prober,
         nginx: NginxReader,
         clock: Clock,
+        releases: Releases | None = None,
     ) -> None:
+        self.releases = releases
         self.apps = apps
         self.store = store
         self.prober = prober
@@ -119,12 +128,93 @@ class CommandService:
                 await notifier.emit(ConfirmationNeeded(plan))
                 return Outcome.PENDING
             case ReleaseRequest() | ReleaseStatusRequest() | ReleaseAbortRequest():
-                self.app(request.app)
-                await notifier.emit(
-                    Problem("/release is not available in this version of upstream-bot yet; nothing was changed.")
-                )
-                return Outcome.REFUSED
+                return await self._release_request(request, requester, notifier)
         raise UserError(f"unsupported request {request!r}")
+
+    # -- releases ---------------------------------------------------------------------------------
+
+    def _releases(self) -> Releases:
+        if self.releases is None:
+            raise UserError("Releases are not set up in this bot (no executor configured); nothing was changed.")
+        return self.releases
+
+    async def _release_request(
+        self,
+        request: ReleaseRequest | ReleaseStatusRequest | ReleaseAbortRequest,
+        requester: str,
+        notifier: Notifier,
+    ) -> Outcome:
+        app = self.app(request.app)
+        releases = self._releases()
+        if isinstance(request, ReleaseStatusRequest):
+            await notifier.emit(await releases.status(app.name))
+            return Outcome.DONE
+        if isinstance(request, ReleaseAbortRequest):
+            engine = releases.engine(app.name)
+            if engine is None:
+                holder = await releases.locks.holder(app.name)
+                if holder is None:
+                    raise UserError(f"No release of {app.name} is running; nothing to abort.")
+                raise UserError(f"{held_by(holder, app.name)}; abort it from the bot instance that runs it.")
+            await notifier.emit(AbortRequested(app.name, engine.plan.id, requester))
+            return Outcome.PENDING
+        plan = await releases.plan(app, request, requester)
+        if plan.dry_run:
+            await notifier.emit(ReleaseDryRun(plan))
+            return Outcome.DONE
+        await notifier.emit(ReleasePlanned(plan))
+        return Outcome.PENDING
+
+    async def start_release(self, plan: ReleasePlan, stage: int, actor: str, notifier: Notifier) -> Outcome:
+        """Start was pressed on the plan (stage 2: the explicit --force confirmation)."""
+        if plan.needs_second_confirmation and stage < 2:
+            await notifier.emit(ReleasePlanned(plan, stage=2))
+            return Outcome.PENDING
+        if plan.approval_required:
+            await notifier.emit(ApprovalRequested(plan))
+            return Outcome.PENDING
+        return await self._run_release(plan, None, notifier)
+
+    async def approve_release(self, plan: ReleasePlan, approver: str, notifier: Notifier) -> Outcome:
+        if approver == plan.requester:
+            await notifier.emit(Problem("You asked for this release: a second person has to approve it."))
+            return Outcome.REFUSED
+        return await self._run_release(plan, approver, notifier)
+
+    async def _run_release(self, plan: ReleasePlan, approver: str | None, notifier: Notifier) -> Outcome:
+        try:
+            state = await self._releases().run(plan, approver, notifier)
+        except UserError as error:
+            await notifier.emit(Problem(error.message))
+            return Outcome.REFUSED
+        except StoreError as error:
+            await notifier.emit(Problem(f"{plan.title} did not start: {error.message}"))
+            return Outcome.FAILED
+        return Outcome.DONE if state.status is Status.SUCCEEDED else Outcome.FAILED
+
+    async def abort_release(self, app: str, release_id: str, by: str, notifier: Notifier) -> Outcome:
+        engine = self._releases().engine(app)
+        if engine is None or engine.plan.id != release_id:
+            await notifier.emit(Problem(f"That release of {app} is no longer running; nothing to abort."))
+            return Outcome.REFUSED
+        if not engine.abort(by):
+            await notifier.emit(Notice(f"The release of {app} is already stopping."))
+            return Outcome.DONE
+        await notifier.emit(
+            Notice(
+                f"Abort of {engine.plan.title} requested: it stops before the next step; "
+                "a stopped node is started and probed first."
+            )
+        )
+        return Outcome.DONE
+
+    async def decide(self, app: str, decision_id: str, decision: str, by: str, notifier: Notifier) -> Outcome:
+        engine = self._releases().engine(app)
+        problem = "That release is no longer running." if engine is None else engine.decide(decision_id, decision, by)
+        if problem:
+            await notifier.emit(Problem(problem))
+            return Outcome.REFUSED
+        return Outcome.DONE
 
     # -- apps -----------------------------------------------------------------------------------
 

@@ -1,0 +1,119 @@
+"""Releases as a service: plan, start under the app's lock, status, abort, decisions.
+
+One release per app: the Consul lock covers every bot replica; `active` is this replica's running
+engines (what `/release status` and `/release abort` act on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+
+from commands.errors import UserError
+from commands.events import Notifier, ReleaseStatusReport
+from commands.interfaces import Clock, Executor, LockBusy, LockInfo, LockManager, NginxReader, Prober, UpstreamStore
+from commands.release_engine import ReleaseEngine
+from commands.release_plan import ReleasePlan, plan_release
+from commands.release_state import ReleaseState
+from commands.requests import ReleaseRequest
+from commands.settings import AppSettings
+
+ExecutorFactory = Callable[[AppSettings], Executor]
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def held_by(info: LockInfo | None, app: str) -> str:
+    if info is None:
+        return f"a release of {app} is running (its lock is held; holder unknown)"
+    return (
+        f"a release of {app} is running: started by <@{info.requester}> at {_when(info.since)} "
+        f"on {info.holder} (release {info.release_id})"
+    )
+
+
+class Releases:
+    def __init__(
+        self,
+        apps: dict[str, AppSettings],
+        store: UpstreamStore,
+        prober: Prober,
+        nginx: NginxReader,
+        clock: Clock,
+        locks: LockManager,
+        executors: ExecutorFactory,
+        holder: str,
+    ) -> None:
+        self.apps = apps
+        self.store = store
+        self.prober = prober
+        self.nginx = nginx
+        self.clock = clock
+        self.locks = locks
+        self.executors = executors
+        self.holder = holder
+        self.active: dict[str, ReleaseEngine] = {}
+
+    async def plan(self, app: AppSettings, request: ReleaseRequest, requester: str) -> ReleasePlan:
+        if request.version is not None:
+            if not re.fullmatch(app.release.version_pattern, request.version):
+                raise UserError(
+                    f"`--version {request.version}` does not match {app.name}'s version pattern "
+                    f"{app.release.version_pattern}."
+                )
+        if not request.dry_run:
+            await self._refuse_if_running(app.name)
+        upstream, view = await asyncio.gather(self.store.read(app.upstream), self.nginx.read(app.upstream))
+        serving = [s.address for s in upstream.servers if not s.drained]
+        probes = {}
+        if app.health.url:
+            results = await asyncio.gather(
+                *(self.prober.probe(app.health.url_for(a.host, a.port) or "", app.health.timeout) for a in serving)
+            )
+            probes = dict(zip(serving, results, strict=True))
+        return plan_release(app, request, requester, upstream, probes, view)
+
+    async def _refuse_if_running(self, app: str) -> None:
+        if app in self.active:
+            engine = self.active[app]
+            raise UserError(
+                f"Refused: a release of {app} is running here, started by <@{engine.plan.requester}> "
+                f"at {_when(engine.state.started_at)}. `/release status {app}` shows it."
+            )
+        holder = await self.locks.holder(app)
+        if holder is not None:
+            raise UserError(f"Refused: {held_by(holder, app)}.")
+
+    async def run(self, plan: ReleasePlan, approver: str | None, notifier: Notifier) -> ReleaseState:
+        """Take the app's lock and run the release to its end (the caller runs this as its own job)."""
+        app = self.apps[plan.app]
+        if plan.app in self.active:
+            await self._refuse_if_running(plan.app)
+        info = LockInfo(plan.app, plan.id, plan.requester, self.holder, self.clock.now())
+        try:
+            lock = await self.locks.acquire(info)
+        except LockBusy as busy:
+            raise UserError(f"Refused: {held_by(busy.info, plan.app)}.") from None
+        executor = self.executors(app)
+        engine = ReleaseEngine(
+            plan, app, self.store, executor, self.prober, self.nginx, self.clock, notifier, lock=lock, approver=approver
+        )
+        self.active[plan.app] = engine
+        try:
+            return await engine.run()
+        finally:
+            del self.active[plan.app]
+            await executor.close()
+            await lock.release()
+
+    async def status(self, app: str) -> ReleaseStatusReport:
+        engine = self.active.get(app)
+        lock = await self.locks.holder(app)
+        return ReleaseStatusReport(app, engine.state if engine else None, lock)
+
+    def engine(self, app: str) -> ReleaseEngine | None:
+        return self.active.get(app)
