@@ -6,8 +6,18 @@ import json
 import math
 from typing import Any
 
-from bot.text_render import server_line, when
-from commands.events import ChangeApplied, ConfirmationNeeded, ServerStatus, StatusReport
+from bot.text_render import node_line, server_line, when
+from commands.events import (
+    AbortRequested,
+    ChangeApplied,
+    ConfirmationNeeded,
+    DecisionNeeded,
+    ReleaseStatusReport,
+    ServerStatus,
+    StatusReport,
+)
+from commands.release_plan import ReleasePlan
+from commands.release_state import Phase, ReleaseState, Status
 
 Blocks = list[dict[str, Any]]
 
@@ -151,3 +161,157 @@ def applied_message(event: ChangeApplied) -> tuple[str, Blocks]:
 def text_message(text: str, icon: str = "") -> tuple[str, Blocks]:
     body = f"{icon} {text}".strip()
     return text, [_section(body)]
+
+
+# -- releases ------------------------------------------------------------------------------------------
+
+
+def mention(slack_id: str) -> str:
+    """A user (U/W...) or a user group (S...), as Slack renders a mention."""
+    return f"<!subteam^{slack_id}>" if slack_id.startswith("S") else f"<@{slack_id}>"
+
+
+def release_plan_message(plan: ReleasePlan, key: str, stage: int = 1, dry_run: bool = False) -> tuple[str, Blocks]:
+    if dry_run:
+        head = f"*Dry run, nothing changed:* {plan.title}"
+    elif stage >= 2:
+        head = f":rotating_light: *Second confirmation (--force):* {plan.title}"
+    else:
+        head = f"*{plan.title}?*"
+    blocks: Blocks = [_section(head), *_code_sections(plan.lines())]
+    if not dry_run:
+        confirm = None
+        if stage >= 2:
+            confirm = {
+                "title": {"type": "plain_text", "text": "Release with no spare server?"},
+                "text": {"type": "plain_text", "text": "Requests fail while the only node is drained."},
+                "confirm": {"type": "plain_text", "text": "Release anyway"},
+                "deny": {"type": "plain_text", "text": "Keep it"},
+                "style": "danger",
+            }
+        label = "Ask for approval" if plan.approval_required else "Start"
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": f"release_{plan.id}_{stage}",
+                "elements": [
+                    _button(label, "release_start", key, "danger" if stage >= 2 else "primary", confirm),
+                    _button("Cancel", "release_cancel", key),
+                ],
+            }
+        )
+    return f"{plan.title}: {len(plan.nodes)} node(s)", blocks
+
+
+def approval_message(plan: ReleasePlan, key: str) -> tuple[str, Blocks]:
+    who = " ".join(mention(a) for a in plan.approvers)
+    text = (
+        f":raised_hand: {who}: <@{plan.requester}> asks to run *{plan.title}*. An approver other than them may approve."
+    )
+    blocks: Blocks = [
+        _section(text),
+        *_code_sections(plan.lines()),
+        {
+            "type": "actions",
+            "block_id": f"approval_{plan.id}",
+            "elements": [
+                _button("Approve", "release_approve", key, "primary"),
+                _button("Reject", "release_reject", key, "danger"),
+            ],
+        },
+    ]
+    return f"{plan.title}: approval requested", blocks
+
+
+def progress_message(state: ReleaseState, now: float, last_output: dict[str, str]) -> tuple[str, Blocks]:
+    icon = {
+        Status.SUCCEEDED: ":white_check_mark:",
+        Status.FAILED: ":x:",
+        Status.ABORTED: ":octagonal_sign:",
+        Status.PAUSED: ":double_vertical_bar:",
+    }.get(state.status, ":hourglass_flowing_sand:")
+    plan = state.plan
+    who = f"requested by <@{plan.requester}>" + (f", approved by <@{state.approver}>" if state.approver else "")
+    head = (
+        f"{icon} *{plan.title}*: {state.status.value}, {state.released} of {len(state.nodes)} released, "
+        f"{state.elapsed(now):.0f} s; {who}"
+    )
+    lines = []
+    for node in state.nodes.values():
+        line = node_line(node)
+        if node.phase is Phase.STEP and str(node.address) in last_output:
+            line += f"  | {last_output[str(node.address)][:80]}"
+        lines.append(line)
+    blocks: Blocks = [_section(head), *_code_sections(lines)]
+    if state.message:
+        blocks.append(_context(state.message))
+    return f"{plan.title}: {state.status.value}", blocks[:50]
+
+
+def decision_message(event: DecisionNeeded, who: str) -> tuple[str, Blocks]:
+    plan = event.state.plan
+
+    def value(choice: str) -> str:
+        return json.dumps({"app": plan.app, "decision_id": event.decision_id, "decision": choice})
+
+    if event.kind == "canary":
+        text = f":bird: {who}: the canary {event.node} of *{plan.title}* is released and healthy. Continue?"
+        buttons = [
+            _button("Continue", "release_decision", value("continue"), "primary"),
+            _button("Abort", "release_decision", value("abort"), "danger"),
+        ]
+    else:
+        text = (
+            f":rotating_light: {who}: *{plan.title}* stopped at {event.node}: {event.reason}\n"
+            f"{event.node} stays drained; the other servers keep serving; nothing further is touched."
+        )
+        restore_confirm = {
+            "title": {"type": "plain_text", "text": "Restore a failed node?"},
+            "text": {"type": "plain_text", "text": f"{event.node} failed; it gets traffic again."[:300]},
+            "confirm": {"type": "plain_text", "text": "Restore it"},
+            "deny": {"type": "plain_text", "text": "Keep it drained"},
+            "style": "danger",
+        }
+        buttons = [
+            _button("Retry this node", "release_decision", value("retry"), "primary"),
+            _button("Restore it anyway", "release_decision", value("restore"), "danger", restore_confirm),
+            _button("Leave it drained", "release_decision", value("leave")),
+        ]
+    return text.replace("*", ""), [
+        _section(text),
+        {"type": "actions", "block_id": f"decision_{event.decision_id}", "elements": buttons},
+    ]
+
+
+def abort_message(event: AbortRequested) -> tuple[str, Blocks]:
+    confirm = {
+        "title": {"type": "plain_text", "text": "Abort the release?"},
+        "text": {
+            "type": "plain_text",
+            "text": "It stops before the next step; a stopped node is started and probed first.",
+        },
+        "confirm": {"type": "plain_text", "text": "Abort"},
+        "deny": {"type": "plain_text", "text": "Go on"},
+        "style": "danger",
+    }
+    value = json.dumps({"app": event.app, "release_id": event.release_id})
+    return f"Abort the release of {event.app}?", [
+        _section(f"Abort the running release of *{event.app}*?"),
+        {
+            "type": "actions",
+            "block_id": f"abort_{event.release_id}",
+            "elements": [_button("Abort release", "release_abort", value, "danger", confirm)],
+        },
+    ]
+
+
+def release_status_message(event: ReleaseStatusReport, now: float) -> tuple[str, Blocks]:
+    if event.state is not None:
+        return progress_message(event.state, now, {})
+    if event.lock is not None:
+        lock = event.lock
+        return text_message(
+            f"A release of {event.app} is running on {lock.holder}: started by <@{lock.requester}> "
+            f"at {when(lock.since)} (release {lock.release_id})."
+        )
+    return text_message(f"No release of {event.app} is running.")

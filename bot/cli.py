@@ -120,6 +120,7 @@ async def _run(config: Config, line: str, yes: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would drown the log
     if args.command == "demo":
         from bot.demo import run_demo
 

@@ -10,14 +10,17 @@ import time
 from dataclasses import dataclass
 
 from commands.plans import ChangePlan
+from commands.release_plan import ReleasePlan
+
+Plan = ChangePlan | ReleasePlan
 
 TTL = 15 * 60.0
 
 
 @dataclass
 class Pending:
-    plan: ChangePlan
-    stage: int
+    plan: Plan
+    stage: int  # 1, 2 (second confirmation); 0 for a release's approval
     channel: str
     created_at: float
     used_by: str | None = None
@@ -40,7 +43,7 @@ class Confirmations:
         self.ttl = ttl
         self._pending: dict[str, Pending] = {}
 
-    def add(self, plan: ChangePlan, stage: int, channel: str) -> Pending:
+    def add(self, plan: Plan, stage: int, channel: str) -> Pending:
         self._forget_old()
         pending = Pending(plan, stage, channel, time.time())
         self._pending[pending.key] = pending
@@ -48,6 +51,14 @@ class Confirmations:
 
     def get(self, key: str) -> Pending | None:
         return self._pending.get(key)
+
+    def apps(self, key: str) -> list[str]:
+        pending = self._pending.get(key)
+        if pending is None:
+            return []
+        if isinstance(pending.plan, ReleasePlan):
+            return [pending.plan.app]
+        return list(dict.fromkeys(c.app for c in pending.plan.changes))
 
     def claim(self, key: str, user: str, verdict: str) -> Pending:
         """Mark the confirmation used (atomically: no await in here). Raises when it cannot be used."""

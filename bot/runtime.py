@@ -39,6 +39,7 @@ async def service_for(config: Config) -> AsyncIterator[CommandService]:
         def executors(app: AppSettings) -> Executor:
             return executor_for(app, config)
 
-        releases = Releases(config.apps, store, prober, nginx, clock, ConsulLockManager(store), executors,
-                            holder_name())
+        releases = Releases(
+            config.apps, store, prober, nginx, clock, ConsulLockManager(store), executors, holder_name()
+        )
         yield CommandService(config.apps, store, prober, nginx, clock, releases)

@@ -21,11 +21,42 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.approvers import ApproverDirectory, slack_error
-from bot.blocks import applied_message, confirmation_message, status_message, text_message
+from bot.blocks import (
+    abort_message,
+    applied_message,
+    approval_message,
+    confirmation_message,
+    decision_message,
+    mention,
+    release_plan_message,
+    release_status_message,
+    status_message,
+    text_message,
+)
 from bot.confirmations import ClaimRefused, Confirmations
+from bot.progress import ProgressMessage
 from commands.errors import UserError
-from commands.events import ChangeApplied, ConfirmationNeeded, Event, Help, Notice, Problem, StatusReport
+from commands.events import (
+    AbortRequested,
+    ApprovalRequested,
+    ChangeApplied,
+    ConfirmationNeeded,
+    DecisionNeeded,
+    Event,
+    Help,
+    Notice,
+    Problem,
+    ReleaseDryRun,
+    ReleaseFinished,
+    ReleasePlanned,
+    ReleaseStatusReport,
+    ReleaseUpdate,
+    StatusReport,
+    StepOutput,
+)
 from commands.grammar import COMMANDS, parse
+from commands.release_plan import ReleasePlan
+from commands.release_state import ReleaseState, Status
 from commands.requests import StatusRequest
 from commands.service import CommandService
 
@@ -49,18 +80,44 @@ class SlackNotifier:
         self.response_url = response_url
 
     async def emit(self, event: Event) -> None:
+        front = self.front
         match event:
             case StatusReport():
                 await self.private(*status_message(event))
             case ConfirmationNeeded():
-                pending = self.front.confirmations.add(event.plan, event.stage, self.channel)
+                pending = front.confirmations.add(event.plan, event.stage, self.channel)
                 await self.private(*confirmation_message(event, pending.key))
             case ChangeApplied():
-                await self.front.announce(self.channel, *applied_message(event))
+                await front.announce(self.channel, *applied_message(event))
             case Problem(text=text):
                 await self.private(*text_message(text, ":no_entry:"))
             case Notice(text=text) | Help(text=text):
                 await self.private(*text_message(text))
+            case ReleasePlanned(plan=plan, stage=stage):
+                pending = front.confirmations.add(plan, stage, self.channel)
+                await self.private(*release_plan_message(plan, pending.key, stage))
+            case ReleaseDryRun(plan=plan):
+                await self.private(*release_plan_message(plan, "", dry_run=True))
+            case ApprovalRequested(plan=plan):
+                pending = front.confirmations.add(plan, 0, self.channel)
+                await front.post(front.release_channel(self.channel), *approval_message(plan, pending.key))
+            case ReleaseUpdate(state=state, thread=thread):
+                await front.progress(state, self.channel).update(state, thread)
+            case StepOutput(release_id=release_id, output=output):
+                progress = front.progresses.get(release_id)
+                if progress is not None:
+                    progress.last_output[output.node] = output.line
+            case DecisionNeeded(state=state):
+                front.alerted.add(state.plan.id)
+                await front.post(
+                    front.release_channel(self.channel), *decision_message(event, front.people(state.plan))
+                )
+            case ReleaseFinished(state=state):
+                await front.finished(state, self.channel)
+            case ReleaseStatusReport():
+                await self.private(*release_status_message(event, time.time()))
+            case AbortRequested():
+                await self.private(*abort_message(event))
 
     async def private(self, text: str, blocks: list[dict[str, Any]]) -> None:
         """chat.postEphemeral; through the response_url where the bot is not in the channel."""
@@ -83,6 +140,43 @@ class SlackFrontEnd:
         self.directory = ApproverDirectory(client)
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.progresses: dict[str, ProgressMessage] = {}
+        self.alerted: set[str] = set()  # releases whose failure was already posted with buttons
+
+    def release_channel(self, origin: str) -> str:
+        return self.channel or origin
+
+    def people(self, plan: ReleasePlan) -> str:
+        """The requester and the app's approvers, as mentions (who an alert is for)."""
+        ids = dict.fromkeys([plan.requester, *self.service.apps[plan.app].approvers])
+        return " ".join(mention(i) for i in ids)
+
+    def progress(self, state: ReleaseState, origin: str) -> ProgressMessage:
+        progress = self.progresses.get(state.plan.id)
+        if progress is None:
+            progress = self.progresses[state.plan.id] = ProgressMessage(self.client, self.release_channel(origin))
+        return progress
+
+    async def finished(self, state: ReleaseState, origin: str) -> None:
+        progress = self.progress(state, origin)
+        await progress.finish(state)
+        await progress.reply(f"{state.plan.title}: {state.status.value}. {state.message}")
+        if state.status is Status.FAILED and state.plan.id not in self.alerted:
+            # Stopped without a question (preflight, guard, lost lock): still tell the people concerned.
+            await self.post(
+                progress.channel,
+                *text_message(
+                    f"{self.people(state.plan)}: {state.plan.title} failed: {state.message}", ":rotating_light:"
+                ),
+            )
+        self.progresses.pop(state.plan.id, None)
+        self.alerted.discard(state.plan.id)
+
+    async def post(self, channel: str, text: str, blocks: list[dict[str, Any]]) -> None:
+        try:
+            await self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
+        except SlackApiError as error:
+            log.error("cannot post to %s: %s", channel, slack_error(error))
 
     async def announce(self, origin: str, text: str, blocks: list[dict[str, Any]]) -> None:
         for channel in dict.fromkeys(c for c in (origin, self.channel) if c):
@@ -109,6 +203,13 @@ class SlackFrontEnd:
         app.action("confirm")(self.on_confirm)
         app.action("cancel")(self.on_cancel)
         app.action("status_page")(self.on_status_page)
+        app.action("release_start")(self.on_release_start)
+        app.action("release_cancel")(self.on_release_cancel)
+        app.action("release_approve")(self.on_release_approve)
+        app.action("release_reject")(self.on_release_reject)
+        app.view("release_reject_reason")(self.on_reject_reason)
+        app.action("release_decision")(self.on_release_decision)
+        app.action("release_abort")(self.on_release_abort)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` after the acknowledgement has gone out; keep a reference until it ends."""
@@ -136,19 +237,22 @@ class SlackFrontEnd:
             log.exception("command %s failed", command.get("command"))
             await notifier.emit(Problem("Internal error; nothing more was done. The bot's log has the details."))
 
+    async def _is_approver(self, user: str, apps: list[str]) -> bool:
+        approvers: tuple[str, ...] = ()
+        for app in apps:
+            approvers += self.service.apps[app].approvers
+        return await self.directory.is_approver(user, approvers)
+
     async def _may_confirm(self, user: str, key: str) -> str | None:
         """Why `user` may not press the button behind `key`, or None."""
         pending = self.confirmations.get(key)
         if pending is None or user == pending.plan.requester:
             return None  # claim() explains an unknown key
-        approvers: tuple[str, ...] = ()
-        for change in pending.plan.changes:
-            approvers += self.service.apps[change.app].approvers
-        if await self.directory.is_approver(user, approvers):
+        apps = self.confirmations.apps(key)
+        if await self._is_approver(user, apps):
             return None
-        apps = ", ".join(dict.fromkeys(c.app for c in pending.plan.changes))
         return (
-            f"Only <@{pending.plan.requester}> (who asked) or an approver of {apps} can press this; "
+            f"Only <@{pending.plan.requester}> (who asked) or an approver of {', '.join(apps)} can press this; "
             "nothing was changed."
         )
 
@@ -214,6 +318,199 @@ class SlackFrontEnd:
             await AsyncWebhookClient(url).send(text=text, blocks=blocks, replace_original=True)
         else:
             await notifier.private(text, blocks)
+
+    # -- release buttons ----------------------------------------------------------------------------
+
+    def _context(self, body: dict[str, Any]) -> tuple[str, str, SlackNotifier]:
+        user = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id") or body.get("container", {}).get("channel_id", "")
+        return user, channel, SlackNotifier(self, channel, user, body.get("response_url"))
+
+    async def on_release_start(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._release_press(body, "started"))
+
+    async def on_release_cancel(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._release_press(body, "cancelled"))
+
+    async def _release_press(self, body: dict[str, Any], verdict: str) -> None:
+        user, _, notifier = self._context(body)
+        key = body["actions"][0].get("value", "")
+        refusal = await self._may_confirm(user, key)
+        if refusal:
+            await notifier.private(*text_message(refusal, ":no_entry:"))
+            return
+        try:
+            pending = self.confirmations.claim(key, user, verdict)
+        except ClaimRefused as refused:
+            await notifier.private(*text_message(refused.message, ":information_source:"))
+            return
+        plan = pending.plan
+        assert isinstance(plan, ReleasePlan)
+        await self._replace(body, f"{plan.title}: {verdict} by <@{user}>.")
+        if verdict == "started":
+            await self._guarded(self.service.start_release(plan, pending.stage, user, notifier), notifier, plan.title)
+
+    async def _guarded(self, work: Coroutine[Any, Any, Any], notifier: SlackNotifier, what: str) -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("%s failed", what)
+            await notifier.emit(
+                Problem(
+                    f"Internal error in {what}; check /release status and /upstream status. "
+                    "The bot's log has the details."
+                )
+            )
+
+    async def on_release_approve(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._approval(body, "approved"))
+
+    async def on_release_reject(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._approval(body, "rejected"))
+
+    async def _approval(self, body: dict[str, Any], verdict: str) -> None:
+        user, _, notifier = self._context(body)
+        key = body["actions"][0].get("value", "")
+        pending = self.confirmations.get(key)
+        if pending is not None:
+            plan = pending.plan
+            assert isinstance(plan, ReleasePlan)
+            approver = await self._is_approver(user, [plan.app])
+            if verdict == "approved" and (user == plan.requester or not approver):
+                why = "you asked for it" if user == plan.requester else f"you are not an approver of {plan.app}"
+                await notifier.private(
+                    *text_message(
+                        f"You cannot approve {plan.title}: {why}. A second person ({self.people(plan)}) has to.",
+                        ":no_entry:",
+                    )
+                )
+                return
+            if verdict == "rejected" and not (approver or user == plan.requester):
+                await notifier.private(
+                    *text_message(
+                        f"Only an approver of {plan.app} or <@{plan.requester}> can reject this.", ":no_entry:"
+                    )
+                )
+                return
+        try:
+            pending = self.confirmations.claim(key, user, verdict)
+        except ClaimRefused as refused:
+            await notifier.private(*text_message(refused.message, ":information_source:"))
+            return
+        plan = pending.plan
+        assert isinstance(plan, ReleasePlan)
+        message = body.get("container", {}).get("message_ts") or (body.get("message") or {}).get("ts")
+        text = f"{plan.title} (asked by <@{plan.requester}>): {verdict} by <@{user}>."
+        if message and pending.channel:
+            try:
+                await self.client.chat_update(
+                    channel=pending.channel, ts=message, text=text, blocks=text_message(text)[1]
+                )
+            except SlackApiError as error:
+                log.error("cannot update the approval message: %s", slack_error(error))
+        if verdict == "rejected":
+            await self._ask_reason(body, plan, pending.channel, message)
+            return
+        await self._guarded(self.service.approve_release(plan, user, notifier), notifier, plan.title)
+
+    async def _ask_reason(self, body: dict[str, Any], plan: ReleasePlan, channel: str, ts: str | None) -> None:
+        """The rejection stands already; the modal only adds an optional reason to the thread."""
+        trigger = body.get("trigger_id")
+        if not trigger:
+            return
+        view = {
+            "type": "modal",
+            "callback_id": "release_reject_reason",
+            "private_metadata": json.dumps({"channel": channel, "ts": ts, "title": plan.title}),
+            "title": {"type": "plain_text", "text": "Rejected"},
+            "submit": {"type": "plain_text", "text": "Add reason"},
+            "close": {"type": "plain_text", "text": "No reason"},
+            "blocks": [
+                {
+                    "type": "input",
+                    "block_id": "reason",
+                    "optional": True,
+                    "label": {"type": "plain_text", "text": "Why (optional)"},
+                    "element": {"type": "plain_text_input", "action_id": "text", "multiline": True},
+                }
+            ],
+        }
+        try:
+            await self.client.views_open(trigger_id=trigger, view=view)
+        except SlackApiError as error:
+            log.warning("cannot open the rejection modal: %s", slack_error(error))
+
+    async def on_reject_reason(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        meta = json.loads(body["view"].get("private_metadata") or "{}")
+        values = body["view"].get("state", {}).get("values", {})
+        reason = (values.get("reason", {}).get("text", {}) or {}).get("value") or ""
+        if reason.strip() and meta.get("channel"):
+            self.spawn(
+                self.post_thread(
+                    meta["channel"], meta.get("ts"), f"Rejected by <@{body['user']['id']}>: {reason.strip()[:2000]}"
+                )
+            )
+
+    async def post_thread(self, channel: str, ts: str | None, text: str) -> None:
+        try:
+            await self.client.chat_postMessage(channel=channel, thread_ts=ts, text=text)
+        except SlackApiError as error:
+            log.error("cannot post to %s: %s", channel, slack_error(error))
+
+    async def _may_steer(self, user: str, app: str) -> bool:
+        """Decisions and aborts: the release's requester or an approver of the app."""
+        engine = self.service.releases.engine(app) if self.service.releases else None
+        if engine is not None and user == engine.plan.requester:
+            return True
+        return await self._is_approver(user, [app])
+
+    async def on_release_decision(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._decision(body))
+
+    async def _decision(self, body: dict[str, Any]) -> None:
+        user, _, notifier = self._context(body)
+        value = json.loads(body["actions"][0]["value"])
+        if not await self._may_steer(user, value["app"]):
+            await notifier.private(
+                *text_message(
+                    f"Only who asked for the release or an approver of {value['app']} "
+                    "can decide this; nothing was changed.",
+                    ":no_entry:",
+                )
+            )
+            return
+        outcome = await self.service.decide(value["app"], value["decision_id"], value["decision"], user, notifier)
+        if outcome.ok:
+            await self.post_thread(
+                (body.get("channel") or {}).get("id", ""),
+                (body.get("message") or {}).get("ts"),
+                f"<@{user}> chose: {value['decision']}",
+            )
+
+    async def on_release_abort(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._abort(body))
+
+    async def _abort(self, body: dict[str, Any]) -> None:
+        user, _, notifier = self._context(body)
+        value = json.loads(body["actions"][0]["value"])
+        if not await self._may_steer(user, value["app"]):
+            await notifier.private(
+                *text_message(
+                    f"Only who asked for the release or an approver of {value['app']} "
+                    "can abort it; nothing was changed.",
+                    ":no_entry:",
+                )
+            )
+            return
+        await self._replace(body, f"Abort of the release of {value['app']} requested by <@{user}>.")
+        await self.service.abort_release(value["app"], value["release_id"], user, notifier)
 
 
 def build_app(front: SlackFrontEnd, signing_secret: str | None) -> AsyncApp:

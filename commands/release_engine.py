@@ -13,7 +13,7 @@ import uuid
 
 from commands.addresses import ServerAddress
 from commands.errors import StoreError
-from commands.events import DecisionNeeded, Notifier, ReleaseFinished, ReleaseUpdate, StepOutput
+from commands.events import DecisionNeeded, Notifier, ReleaseUpdate, StepOutput
 from commands.health_window import HealthWindow, Verdict
 from commands.interfaces import Clock, Executor, NginxReader, Prober, ReleaseLock, UpstreamStore
 from commands.release_plan import ReleasePlan, node_healthy
@@ -132,7 +132,6 @@ class ReleaseEngine:
             if node.drained and node.phase not in (Phase.LEFT_DRAINED,):
                 node.phase = Phase.LEFT_DRAINED if node.phase is not Phase.FAILED else node.phase
         await self._update(f"{self.plan.title}: {status.value}: {message}")
-        await self.notifier.emit(ReleaseFinished(state))
         return state
 
     # -- checks before draining -------------------------------------------------------------------------

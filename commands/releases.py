@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from commands.errors import UserError
-from commands.events import Notifier, ReleaseStatusReport
+from commands.events import Notifier, ReleaseFinished, ReleaseStatusReport
 from commands.interfaces import Clock, Executor, LockBusy, LockInfo, LockManager, NginxReader, Prober, UpstreamStore
 from commands.release_engine import ReleaseEngine
 from commands.release_plan import ReleasePlan, plan_release
@@ -104,11 +104,14 @@ class Releases:
         )
         self.active[plan.app] = engine
         try:
-            return await engine.run()
+            state = await engine.run()
         finally:
             del self.active[plan.app]
             await executor.close()
             await lock.release()
+        # Announced once the app is free again: whoever reads "finished" can start the next release.
+        await notifier.emit(ReleaseFinished(state))
+        return state
 
     async def status(self, app: str) -> ReleaseStatusReport:
         engine = self.active.get(app)

@@ -4,9 +4,6 @@ signed requests, and what the bot said read from the Slack Web API stand-in's re
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,80 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.processes import free_port, stop, wait_http
-from bot.standins.server_thread import ServerThread
-from bot.standins.slack import Call, SlackStandIn
-from tests.conftest import Consul
-from tests.helpers import SIGNING_SECRET, action_body, command_body, sign
-
-
-class Bot:
-    def __init__(self, url: str, consul: Consul, slack: SlackStandIn, slack_url: str) -> None:
-        self.url = url
-        self.consul = consul
-        self.slack = slack
-        self.slack_url = slack_url
-
-    def post(self, body: str, headers: dict[str, str] | None = None) -> httpx.Response:
-        headers = {"Content-Type": "application/x-www-form-urlencoded", **(sign(body) if headers is None else headers)}
-        return httpx.post(f"{self.url}/slack/events", content=body, headers=headers, timeout=10)
-
-    def command(self, command: str, text: str, user: str = "U1ALICE", **kw: str) -> httpx.Response:
-        url = f"{self.slack_url}/response/{time.monotonic_ns()}"
-        return self.post(command_body(command, text, user=user, response_url=url, **kw))
-
-    def press(self, action_id: str, value: str, user: str = "U1ALICE") -> httpx.Response:
-        return self.post(action_body(action_id, value, user=user, response_url=f"{self.slack_url}/response/press"))
-
-    def said(self, predicate, method: str | None = None, timeout: float = 10.0) -> Call:  # type: ignore[no-untyped-def]
-        return self.slack.wait_for(predicate, timeout=timeout, method=method)
-
-
-def confirm_key(call: Call) -> str:
-    for block in call.args["blocks"]:
-        for element in block.get("elements", []):
-            if element.get("action_id") == "confirm":
-                return str(element["value"])
-    raise AssertionError(f"no confirm button in {call.args}")
+from tests.helpers import command_body, sign
+from tests.slack_bot import Bot, confirm_key, running_bot
 
 
 @pytest.fixture(scope="module")
 def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bot]:
-    consul = Consul()
-    slack = SlackStandIn(usergroups={"S0OPS": ["U3OPS"]})
-    slack_server = ServerThread(slack.app()).start()
-    config = tmp_path_factory.mktemp("bot") / "upstream-bot.yml"
-    config.write_text(
-        "slack:\n  channel: C0DEPLOY\napps:\n  app:\n    approvers: [U2BOB, S0OPS]\n  big:\n    upstream: big\n"
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "UPSTREAM_BOT_CONFIG": str(config),
-        "CONSUL_HTTP_ADDR": consul.url,
-        "SLACK_BOT_TOKEN": "xoxb-test",
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": f"{slack_server.url}/api/",
-    }
-    log_path = config.with_name("bot.log")
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "--log-level", "INFO", "serve", "--http", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=20)
-    except RuntimeError:
-        process.kill()
-        raise AssertionError(log_path.read_text()) from None
-    yield Bot(f"http://127.0.0.1:{port}", consul, slack, slack_server.url)
-    stop([process])  # type: ignore[list-item]
-    log.close()
-    print(log_path.read_text()[-5000:])  # shown by pytest when a test failed
-    slack_server.stop()
-    consul.stop()
+    config = "slack:\n  channel: C0DEPLOY\napps:\n  app:\n    approvers: [U2BOB, S0OPS]\n  big:\n    upstream: big\n"
+    with running_bot(tmp_path_factory.mktemp("bot"), config) as running:
+        yield running
 
 
 @pytest.fixture
