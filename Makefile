@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# Real servers the tests start on 127.0.0.1 (sshd, and the tools to make keys and certificates).
-DEBIAN_PACKAGES := openssh-server openssh-client openssl procps
+# Real servers and tools the tests run on 127.0.0.1: sshd (and key/certificate tools), nginx, wrk.
+DEBIAN_PACKAGES := openssh-server openssh-client openssl procps nginx-light wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint bench clean system-deps
