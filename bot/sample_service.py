@@ -74,6 +74,7 @@ def serve(host: str, port: int, state: Path | None) -> None:
     if state is not None:
         version = _versionfile(state, port)
         _Handler.version = version.read_text().strip() if version.exists() else "1"
+    ThreadingHTTPServer.request_queue_size = 128  # the default backlog of 5 drops bursts of probes
     server = ThreadingHTTPServer((host, port), _Handler)
     server.daemon_threads = True
     if state is not None:

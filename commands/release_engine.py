@@ -15,7 +15,7 @@ from commands.addresses import ServerAddress
 from commands.errors import StoreError
 from commands.events import DecisionNeeded, Notifier, ReleaseUpdate, StepOutput
 from commands.health_window import HealthWindow, Verdict
-from commands.interfaces import Clock, Executor, NginxReader, Prober, ReleaseLock, UpstreamStore
+from commands.interfaces import Clock, Executor, NginxReader, Prober, ProbeResult, ReleaseLock, UpstreamStore
 from commands.release_plan import ReleasePlan, node_healthy
 from commands.release_state import NodeState, Phase, ReleaseState, Status
 from commands.settings import AppSettings
@@ -59,6 +59,8 @@ class ReleaseEngine:
         self.state = ReleaseState.new(plan, clock.now(), approver)
         self._decision: asyncio.Future[str] | None = None
         self._decision_id: str | None = None
+        self._health: dict[ServerAddress, tuple[float, ProbeResult]] = {}  # the latest probe of each node
+        self._prefetch: asyncio.Future[dict[ServerAddress, ProbeResult]] | None = None
 
     # -- control from outside (buttons, commands) ---------------------------------------------------
 
@@ -165,28 +167,55 @@ class ReleaseEngine:
         upstream = await self.store.read(self.app.upstream)
         others = [s.address for s in upstream.servers if not s.drained and s.address not in batch]
         view = await self.nginx.read(self.app.upstream)
-        probes = await self._probe_many(others)
+        if self._prefetch is not None:
+            await self._prefetch
+        probes = await self._probe_many(others, fresh_within=self._freshness)
         healthy = [a for a in others if node_healthy(a, probes, view) is None]
         if not healthy:
             names = ", ".join(str(a) for a in batch)
             raise _Stop(f"not draining {names}: no other server of {self.app.name} is serving and healthy")
 
-    async def _probe_many(self, addresses: list[ServerAddress]) -> dict:  # type: ignore[type-arg]
+    async def _probe_many(
+        self, addresses: list[ServerAddress], fresh_within: float = 0.0
+    ) -> dict[ServerAddress, ProbeResult]:
+        """Probe `addresses` in parallel; a result younger than `fresh_within` seconds is reused."""
         if not self.app.health.url:
             return {}
+        now = self.clock.now()
+        cached = {
+            a: r for a in addresses if (hit := self._health.get(a)) and now - hit[0] <= fresh_within for r in (hit[1],)
+        }
 
-        async def one(address: ServerAddress):  # type: ignore[no-untyped-def]
+        async def one(address: ServerAddress) -> tuple[ServerAddress, ProbeResult]:
             url = self.app.health.url_for(address.host, address.port)
             assert url is not None
-            return address, await self.prober.probe(url, self.app.health.timeout)
+            result = await self.prober.probe(url, self.app.health.timeout)
+            self._health[address] = (self.clock.now(), result)
+            return address, result
 
-        return dict(await asyncio.gather(*(one(a) for a in addresses)))
+        fresh = await asyncio.gather(*(one(a) for a in addresses if a not in cached))
+        return {**cached, **dict(fresh)}
+
+    @property
+    def _freshness(self) -> float:
+        """How old a probe may be for the guard: about one restore wait (the guard probes during it)."""
+        return max(self.app.health.interval, self.app.nginx.propagation + 1.0)
+
+    def _prefetch_guard(self, batch: tuple[ServerAddress, ...]) -> None:
+        """While a restored node waits for nginx (a plain sleep), probe the others for the next guard."""
+        if not self.app.health.url or (self._prefetch is not None and not self._prefetch.done()):
+            return
+        others = [a for a in self.state.nodes if a not in batch and not self.state.nodes[a].drained]
+        self._prefetch = asyncio.ensure_future(self._probe_many(others))
 
     # -- one batch, one node ----------------------------------------------------------------------------
 
     async def _run_batch(self, batch: tuple[ServerAddress, ...]) -> list[ServerAddress]:
         outcomes = await asyncio.gather(*(self._release_node(self.state.nodes[a]) for a in batch))
         return [a for a, ok in zip(batch, outcomes, strict=True) if not ok]
+
+    def _batch_of(self, address: ServerAddress) -> tuple[ServerAddress, ...]:
+        return next((b for b in self.plan.batches if address in b), (address,))
 
     def _target(self, address: ServerAddress) -> StepTarget:
         return StepTarget(self.app.name, address.host, address.port, self.plan.version)
@@ -268,6 +297,7 @@ class ReleaseEngine:
             return await self._fail(node, f"restore failed: {error.message}")
         node.drained = False
         await self._phase(node, Phase.ROUTE_WAIT, "restored; waiting for nginx to route to it")
+        self._prefetch_guard(self._batch_of(node.address))
         problem = await self._wait_nginx(node.address, routed=True)
         if problem:
             return await self._fail(node, problem)
@@ -280,8 +310,11 @@ class ReleaseEngine:
         url = health.url_for(address.host, address.port)
         assert url is not None
         window = HealthWindow(health.window, health.rise, self.clock.now())
+        probes = 0
         while True:
             result = await self.prober.probe(url, health.timeout)
+            probes += 1
+            self._health[address] = (self.clock.now(), result)
             verdict = window.record(self.clock.now(), result)
             if verdict is Verdict.HEALTHY:
                 return None
@@ -290,7 +323,8 @@ class ReleaseEngine:
                     f"health window failed: no {health.rise} passes in a row within {health.window:g} s "
                     f"(last: {result.detail})"
                 )
-            await self.clock.sleep(health.interval)
+            # On a fixed cadence from the window's start: a probe's own time does not push the next one.
+            await self.clock.sleep(max(0.0, window.started_at + probes * health.interval - self.clock.now()))
 
     async def _wait_nginx(self, address: ServerAddress, routed: bool) -> str | None:
         """At least the upsync propagation time; then, where nginx reports, until it agrees."""
