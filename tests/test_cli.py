@@ -92,3 +92,46 @@ def test_demo_takes_the_same_commands_at_its_prompt() -> None:
     assert out.count("app: 3 of 3 serving") == 2 and "app: 2 of 3 serving" in out
     assert re.search(rf"127\.0\.0\.1:{base}\s+DRAINED", out)
     assert "probe: ok (200 OK)" in out
+
+
+def release_config(tmp_path: Path, deploy: str = "true", extra: str = "") -> Path:
+    path = tmp_path / "release.yml"
+    path.write_text(
+        "apps:\n  app:\n    health:\n      url: http://{host}:{port}/ping\n      interval: 300ms\n"
+        "      timeout: 300ms\n      window: 5s\n    nginx:\n      upsync_interval: 100ms\n"
+        f'    release:\n      drain_wait: 100ms\n      steps:\n        stop: "true"\n        deploy: "{deploy}"\n'
+        f'        start: "true"\n{extra}'
+    )
+    return path
+
+
+def test_run_release_exits_zero_only_when_every_node_was_released(
+    consul: Consul, tmp_path: Path, services: list[int]
+) -> None:
+    for port in services[:2]:
+        consul.add_server("app", f"127.0.0.1:{port}")
+    env = {"CONSUL_HTTP_ADDR": consul.url}
+    ok = upstream_bot("run", "/release app --serial --version 2", "--yes", config=release_config(tmp_path), env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "succeeded: all 2 node(s) released" in ok.stdout and "deploy ok" in ok.stdout
+    bad = upstream_bot(
+        "run",
+        "/release app --version 2",
+        "--yes",
+        env=env,
+        config=release_config(tmp_path, deploy="echo disk full >&2; exit 3"),
+    )
+    assert bad.returncode == 3 and "exit status 3" in bad.stdout and "disk full" in bad.stdout
+    first = min(services[:2])
+    assert json.loads(consul.value(f"upstreams/app/127.0.0.1:{first}") or "")["down"] == 1  # left drained
+
+
+def test_run_release_of_an_app_needing_approval_is_refused(consul: Consul, tmp_path: Path, services: list[int]) -> None:
+    for port in services[:2]:
+        consul.add_server("app", f"127.0.0.1:{port}")
+    config = release_config(tmp_path, extra="    approvers: [U2BOB]\n    approval: required\n")
+    result = upstream_bot(
+        "run", "/release app --version 2", "--yes", config=config, env={"CONSUL_HTTP_ADDR": consul.url}
+    )
+    assert result.returncode == 1 and "approval" in result.stdout and "Slack" in result.stdout
+    assert all(json.loads(consul.value(f"upstreams/app/127.0.0.1:{p}") or "")["down"] == 0 for p in services[:2])
