@@ -6,9 +6,10 @@ import json
 import math
 from typing import Any
 
-from bot.text_render import node_line, server_line, when
+from bot.text_render import duration, incident_line, node_line, server_line, when
 from commands.events import (
     AbortRequested,
+    AlertsReport,
     ChangeApplied,
     ConfirmationNeeded,
     DecisionNeeded,
@@ -18,6 +19,7 @@ from commands.events import (
 )
 from commands.release_plan import ReleasePlan
 from commands.release_state import Phase, ReleaseState, Status
+from commands.watch import Incident
 
 Blocks = list[dict[str, Any]]
 
@@ -315,3 +317,36 @@ def release_status_message(event: ReleaseStatusReport, now: float) -> tuple[str,
             f"at {when(lock.since)} (release {lock.release_id})."
         )
     return text_message(f"No release of {event.app} is running.")
+
+
+# -- health watch -------------------------------------------------------------------------------------
+
+
+def alert_message(incident: Incident, now: float, who: str, reminder: bool = False) -> tuple[str, Blocks]:
+    head = ":repeat: *Still failing*" if reminder else ":ambulance: *Sick node*"
+    text = f"{head} {who}\n{incident_line(incident, now)}"
+    value = json.dumps({"app": incident.app, "address": str(incident.address), "incident": incident.id})
+    buttons = [_button("Silence 1 h", "watch_silence", value), _button("Acknowledge", "watch_ack", value)]
+    if incident.consul_serving:
+        buttons.insert(0, _button("Drain it", "watch_drain", value, "danger"))
+    return incident_line(incident, now), [
+        _section(text),
+        {"type": "actions", "block_id": f"alert_{incident.id}", "elements": buttons},
+    ]
+
+
+def resolved_message(incident: Incident, now: float) -> tuple[str, Blocks]:
+    took = duration((incident.resolved_at or now) - incident.failing_since)
+    text = (
+        f":white_check_mark: *Resolved* after {took}: {incident.address} of {incident.app} "
+        f"({incident.resolution}). It was {incident.reason}; last error: {incident.last_error}."
+    )
+    return text.replace("*", ""), [_section(text)]
+
+
+def alerts_message(report: AlertsReport, now: float) -> tuple[str, Blocks]:
+    head = f"*{len(report.incidents)} open incident(s)*; watching: {', '.join(report.watching) or 'none'}"
+    if report.paused:
+        head += f"; watch off for: {', '.join(report.paused)}"
+    lines = [incident_line(i, now) for i in report.incidents]
+    return head.replace("*", ""), [_section(head), *_code_sections(lines)][:50]

@@ -21,6 +21,7 @@ from commands.settings import (
     SshOverride,
     SshSettings,
     StepSpec,
+    WatchSettings,
 )
 
 DEFAULT_PATH = "./upstream-bot.yml"
@@ -143,7 +144,9 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     path = f"apps.{name}"
     if not _NAME.match(str(name)):
         reader.problem(path, "an app name is letters, digits, '.', '_' or '-' (it is typed in commands)")
-    data = reader.mapping(raw, path, ("upstream", "nginx", "health", "release", "approvers", "approval", "ssh"))
+    data = reader.mapping(
+        raw, path, ("upstream", "nginx", "health", "release", "approvers", "approval", "ssh", "watch")
+    )
     upstream = reader.get(data, "upstream", path, _string, str(name))
     if "/" in upstream:
         reader.problem(f"{path}.upstream", f"{upstream!r}: the upstream is one folder name, without '/'")
@@ -252,7 +255,21 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     if approval == "required" and not approvers:
         reader.problem(f"{path}.approval", "is 'required' but the app has no approvers")
     ssh = _parse_override(reader, data.get("ssh"), f"{path}.ssh")
-    return AppSettings(str(name), upstream, nginx, health, release, tuple(approvers), approval, ssh)
+    w_path = f"{path}.watch"
+    w = reader.mapping(data.get("watch"), w_path, ("enabled", "reminder", "drained_reminder", "concurrency"))
+    watch = WatchSettings(
+        enabled=reader.get(w, "enabled", w_path, _boolean, True),
+        reminder=reader.get(w, "reminder", w_path, parse_duration, 3600.0),
+        drained_reminder=reader.get(w, "drained_reminder", w_path, parse_duration, 86400.0),
+        concurrency=reader.get(w, "concurrency", w_path, _positive_int(1, 1000), 64),
+    )
+    return AppSettings(str(name), upstream, nginx, health, release, tuple(approvers), approval, ssh, watch)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
 
 
 def _parse_override(reader: _Reader, raw: Any, path: str) -> SshOverride:

@@ -18,6 +18,7 @@ from bot.runtime import service_for
 from bot.standins.consul import ConsulStandIn
 from bot.standins.server_thread import ServerThread
 from bot.terminal import TerminalFrontEnd
+from bot.watch_scheduler import HealthWatcher
 from commands.servers import DEFAULTS, encode
 from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings, StepSpec
 
@@ -68,6 +69,8 @@ async def run_demo(base_port: int = 9001, count: int = 3) -> int:
         config = demo_config(server.url, ports, state)
         async with service_for(config) as service:
             front = TerminalFrontEnd(service, user="local:demo")
+            if isinstance(service.watches, HealthWatcher):
+                service.watches.start(front)
             await front.repl(
                 BANNER.format(
                     consul=server.url, servers=", ".join(f"127.0.0.1:{p}" for p in ports), first=f"127.0.0.1:{ports[0]}"

@@ -16,6 +16,7 @@ from bot.consul_store import ConsulStore
 from bot.executors.factory import executor_for
 from bot.nginx_status import HttpNginxReader
 from bot.prober import HttpProber
+from bot.watch_scheduler import HealthWatcher
 from commands.interfaces import Executor
 from commands.releases import Releases
 from commands.service import CommandService
@@ -42,4 +43,8 @@ async def service_for(config: Config) -> AsyncIterator[CommandService]:
         releases = Releases(
             config.apps, store, prober, nginx, clock, ConsulLockManager(store), executors, holder_name()
         )
-        yield CommandService(config.apps, store, prober, nginx, clock, releases)
+        watcher = HealthWatcher(config.apps, store, prober, nginx, clock, releases)
+        try:
+            yield CommandService(config.apps, store, prober, nginx, clock, releases, watcher)
+        finally:
+            watcher.shutdown()

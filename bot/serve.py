@@ -13,6 +13,7 @@ from bot.config import Config
 from bot.http_server import build_web_app
 from bot.runtime import service_for
 from bot.slack_app import SlackFrontEnd, build_app, make_client, warm_up
+from bot.watch_scheduler import HealthWatcher
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
         front = SlackFrontEnd(service, make_client(token, os.environ.get("SLACK_API_URL")), config.slack.channel)
         app = build_app(front, secret if http else None)
         await warm_up(app)
+        if isinstance(service.watches, HealthWatcher):
+            if not config.slack.channel:
+                log.warning("slack.channel is not set: the health watch has nowhere to post its alerts")
+            service.watches.start(front.channel_notifier())
         if http:
             runner = web.AppRunner(build_web_app(app), access_log=None)
             await runner.setup()

@@ -23,6 +23,8 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from bot.approvers import ApproverDirectory, slack_error
 from bot.blocks import (
     abort_message,
+    alert_message,
+    alerts_message,
     applied_message,
     approval_message,
     confirmation_message,
@@ -30,14 +32,17 @@ from bot.blocks import (
     mention,
     release_plan_message,
     release_status_message,
+    resolved_message,
     status_message,
     text_message,
 )
 from bot.confirmations import ClaimRefused, Confirmations
 from bot.progress import ProgressMessage
+from bot.text_render import when
 from commands.errors import UserError
 from commands.events import (
     AbortRequested,
+    AlertsReport,
     ApprovalRequested,
     ChangeApplied,
     ConfirmationNeeded,
@@ -59,9 +64,11 @@ from commands.release_plan import ReleasePlan
 from commands.release_state import ReleaseState, Status
 from commands.requests import StatusRequest
 from commands.service import CommandService
+from commands.watch import WatchEvent
 
 log = logging.getLogger(__name__)
 SEEN_TRIGGERS = 2000  # slash-command trigger_ids remembered to ignore Slack's retries
+SILENCE = 3600.0  # the alert's "Silence 1 h"
 
 
 def make_client(token: str, api_url: str | None) -> AsyncWebClient:
@@ -118,6 +125,10 @@ class SlackNotifier:
                 await self.private(*release_status_message(event, time.time()))
             case AbortRequested():
                 await self.private(*abort_message(event))
+            case AlertsReport():
+                await self.private(*alerts_message(event, time.time()))
+            case WatchEvent():
+                await front.watch_event(event)
 
     async def private(self, text: str, blocks: list[dict[str, Any]]) -> None:
         """chat.postEphemeral; through the response_url where the bot is not in the channel."""
@@ -142,6 +153,99 @@ class SlackFrontEnd:
         self._tasks: set[asyncio.Task[None]] = set()
         self.progresses: dict[str, ProgressMessage] = {}
         self.alerted: set[str] = set()  # releases whose failure was already posted with buttons
+        self.alert_messages: dict[str, tuple[str, str]] = {}  # incident id -> (channel, ts) of its alert
+
+    # -- health watch ------------------------------------------------------------------------------
+
+    def channel_notifier(self) -> SlackNotifier:
+        """For events nobody asked for (the health watch): they go to the team's channel."""
+        return SlackNotifier(self, self.channel or "", "", None)
+
+    def app_people(self, app: str) -> str:
+        return " ".join(mention(i) for i in self.service.apps[app].approvers)
+
+    async def watch_event(self, event: WatchEvent) -> None:
+        if not self.channel:
+            log.warning("health watch event with no slack.channel to post it to: %s", event)
+            return
+        incident, now = event.incident, time.time()
+        if event.kind in ("alert", "reminder") and incident is not None:
+            text, blocks = alert_message(incident, now, self.app_people(event.app), event.kind == "reminder")
+            try:
+                response = await self.client.chat_postMessage(channel=self.channel, text=text, blocks=blocks)
+            except SlackApiError as error:
+                log.error("cannot post a health alert: %s", slack_error(error))
+                return
+            if event.kind == "alert":
+                self.alert_messages[incident.id] = (self.channel, response["ts"])
+        elif event.kind == "recovered" and incident is not None:
+            text, blocks = resolved_message(incident, now)
+            posted = self.alert_messages.pop(incident.id, None)
+            if posted is None:
+                await self.post(self.channel, text, blocks)
+                return
+            channel, ts = posted
+            await self.post_thread(channel, ts, text)
+            try:
+                await self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            except SlackApiError as error:
+                log.error("cannot update the health alert: %s", slack_error(error))
+        elif event.kind == "drained_reminder":
+            by = f" by <@{event.by}>" if event.by and event.by[:1] in "UW" else (f" by {event.by}" if event.by else "")
+            since = f"<!date^{int(event.since or now)}^{{date_short_pretty}} {{time}}|{when(event.since or now)}>"
+            await self.post(
+                self.channel,
+                *text_message(
+                    f"{event.address} of {event.app} is still drained since {since}{by}. `/undrain {event.address}` "
+                    "puts it back after a probe.",
+                    ":hourglass:",
+                ),
+            )
+
+    async def on_watch_drain(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._watch_drain(body))
+
+    async def _watch_drain(self, body: dict[str, Any]) -> None:
+        """The alert's Drain button: exactly `/drain <node> <app>` by whoever pressed it (confirmed, guarded)."""
+        user, _, notifier = self._context(body)
+        value = json.loads(body["actions"][0]["value"])
+        try:
+            request = parse("/drain", f"{value['address']} {value['app']}")
+        except UserError as error:
+            await notifier.emit(Problem(error.message))
+            return
+        await self._guarded(self.service.handle(request, user, notifier), notifier, "drain from an alert")
+
+    async def on_watch_silence(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._watch_mark(body, "silence"))
+
+    async def on_watch_ack(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.spawn(self._watch_mark(body, "acknowledge"))
+
+    async def _watch_mark(self, body: dict[str, Any], what: str) -> None:
+        user, _, notifier = self._context(body)
+        value = json.loads(body["actions"][0]["value"])
+        watch = self.service.watches.watch(value["app"]) if self.service.watches else None
+        incident = None
+        if watch is not None:
+            if what == "silence":
+                incident = watch.silence(value["incident"], time.time() + SILENCE)
+            else:
+                incident = watch.acknowledge(value["incident"], user)
+        if incident is None:
+            await notifier.private(*text_message("That incident is already resolved.", ":information_source:"))
+            return
+        message = (
+            f"Silenced for 1 h by <@{user}>: no reminder, no new alert for {incident.address} until "
+            f"{when(time.time() + SILENCE)}."
+            if what == "silence"
+            else f"Acknowledged by <@{incident.acknowledged_by}>: no more reminders; recovery is still posted."
+        )
+        ts = (body.get("message") or {}).get("ts") or body.get("container", {}).get("message_ts")
+        await self.post_thread((body.get("channel") or {}).get("id", self.channel or ""), ts, message)
 
     def release_channel(self, origin: str) -> str:
         return self.channel or origin
@@ -210,6 +314,9 @@ class SlackFrontEnd:
         app.view("release_reject_reason")(self.on_reject_reason)
         app.action("release_decision")(self.on_release_decision)
         app.action("release_abort")(self.on_release_abort)
+        app.action("watch_drain")(self.on_watch_drain)
+        app.action("watch_silence")(self.on_watch_silence)
+        app.action("watch_ack")(self.on_watch_ack)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` after the acknowledgement has gone out; keep a reference until it ends."""

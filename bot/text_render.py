@@ -6,6 +6,7 @@ import time
 
 from commands.events import (
     AbortRequested,
+    AlertsReport,
     ApprovalRequested,
     ChangeApplied,
     ConfirmationNeeded,
@@ -24,6 +25,7 @@ from commands.events import (
     StepOutput,
 )
 from commands.release_state import NodeState, Phase, ReleaseState
+from commands.watch import Incident, WatchEvent
 
 
 def when(at: float) -> str:
@@ -103,8 +105,49 @@ def release_summary(state: ReleaseState, now: float) -> list[str]:
     ]
 
 
+def duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def incident_line(incident: Incident, now: float) -> str:
+    consul = "Consul lists it serving" if incident.consul_serving else "Consul has it drained"
+    check = f"; nginx check: {incident.nginx_check}" if incident.nginx_check else ""
+    state = f"; acknowledged by {incident.acknowledged_by}" if incident.acknowledged_by else ""
+    return (
+        f"{incident.address} of {incident.app} {incident.reason} since {when(incident.failing_since)} "
+        f"({duration(now - incident.failing_since)}); last error: {incident.last_error}{check}; {consul}{state}"
+    )
+
+
+def watch_lines(event: WatchEvent, now: float) -> list[str]:
+    incident = event.incident
+    if event.kind == "alert" and incident is not None:
+        return [f"ALERT: {incident_line(incident, now)}"]
+    if event.kind == "reminder" and incident is not None:
+        return [f"STILL FAILING: {incident_line(incident, now)}"]
+    if event.kind == "recovered" and incident is not None:
+        took = duration((incident.resolved_at or now) - incident.failing_since)
+        return [f"RESOLVED: {incident.address} of {incident.app}: {incident.resolution} after {took}"]
+    if event.kind == "drained_reminder":
+        by = f" by {event.by}" if event.by else ""
+        return [f"REMINDER: {event.address} of {event.app} is still drained since {when(event.since or now)}{by}"]
+    return [repr(event)]
+
+
 def event_lines(event: Event) -> list[str]:
     match event:
+        case WatchEvent():
+            return watch_lines(event, time.time())
+        case AlertsReport(incidents=incidents, watching=watching, paused=paused):
+            head = f"{len(incidents)} open incident(s); watching: {', '.join(watching) or 'none'}"
+            if paused:
+                head += f"; paused: {', '.join(paused)}"
+            return [head, *[f"  {incident_line(i, time.time())}" for i in incidents]]
         case ReleasePlanned(plan=plan, stage=stage):
             head = f"SECOND CONFIRMATION (--force): {plan.title}" if stage >= 2 else f"{plan.title}?"
             return [head, *[f"  {line}" for line in plan.lines()]]

@@ -11,6 +11,7 @@ from commands.plans import ChangePlan, ChangeResult
 from commands.release_plan import ReleasePlan
 from commands.release_state import ReleaseState
 from commands.steps import OutputLine
+from commands.watch import Incident, WatchEvent
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,13 @@ class AbortRequested:
     requester: str
 
 
+@dataclass(frozen=True)
+class AlertsReport:
+    incidents: tuple[Incident, ...]
+    watching: tuple[str, ...]  # apps whose watch is on
+    paused: tuple[str, ...]  # apps whose watch is off
+
+
 Event = (
     StatusReport
     | ConfirmationNeeded
@@ -197,6 +205,8 @@ Event = (
     | StepOutput
     | ReleaseStatusReport
     | AbortRequested
+    | WatchEvent
+    | AlertsReport
 )
 
 

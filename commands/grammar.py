@@ -8,6 +8,7 @@ from commands.addresses import ServerAddress
 from commands.errors import UsageError
 from commands.requests import (
     AddRequest,
+    AlertsRequest,
     DrainRequest,
     HelpRequest,
     ReleaseAbortRequest,
@@ -17,6 +18,7 @@ from commands.requests import (
     Request,
     StatusRequest,
     UndrainRequest,
+    WatchRequest,
 )
 
 COMMANDS = ("/upstream", "/drain", "/undrain", "/release")
@@ -25,7 +27,9 @@ USAGE: dict[str, str] = {
     "/upstream": (
         "`/upstream status <app> [--page N]`: every server, drained or serving, up or down\n"
         "`/upstream add <app> <ip:port> [weight=N]`: probe, then add the server (serving)\n"
-        "`/upstream remove <app> <ip:port>`: drain, then remove the server"
+        "`/upstream remove <app> <ip:port>`: drain, then remove the server\n"
+        "`/upstream watch <app> on|off`: the health watch of an app\n"
+        "`/upstream alerts [app]`: open health incidents"
     ),
     "/drain": "`/drain <ip:port> [app] [--force]`: take a server out of traffic (asks first)",
     "/undrain": "`/undrain <ip:port> [app] [--force]`: probe, then put a server back (`--force` skips the probe)",
@@ -152,6 +156,16 @@ def _parse_upstream(words: list[str]) -> Request:
         positional, _ = _split_flags(command, rest, {})
         _expect(command, positional, 2, 2, "an app and a server: `/upstream remove <app> <ip:port>`")
         return RemoveRequest(_app_name(positional[0], command), ServerAddress.parse(positional[1]))
+    if sub == "watch":
+        positional, _ = _split_flags(command, rest, {})
+        _expect(command, positional, 2, 2, "an app and on or off: `/upstream watch <app> on|off`")
+        if positional[1].lower() not in ("on", "off"):
+            raise UsageError(f"`{positional[1]}`: say `on` or `off`.\n{usage(command)}")
+        return WatchRequest(_app_name(positional[0], command), positional[1].lower() == "on")
+    if sub == "alerts":
+        positional, _ = _split_flags(command, rest, {})
+        _expect(command, positional, 0, 1, "at most an app")
+        return AlertsRequest(_app_name(positional[0], command) if positional else None)
     raise UsageError(f"unknown subcommand `{words[0]}` for /upstream.\n{usage(command)}")
 
 

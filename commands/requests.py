@@ -66,6 +66,17 @@ class ReleaseAbortRequest:
     app: str
 
 
+@dataclass(frozen=True)
+class WatchRequest:
+    app: str
+    on: bool
+
+
+@dataclass(frozen=True)
+class AlertsRequest:
+    app: str | None = None
+
+
 Request = (
     HelpRequest
     | StatusRequest
@@ -76,6 +87,8 @@ Request = (
     | ReleaseRequest
     | ReleaseStatusRequest
     | ReleaseAbortRequest
+    | WatchRequest
+    | AlertsRequest
 )
 
 # Requests that change Consul: they are planned, confirmed, then applied.

@@ -10,6 +10,7 @@ from commands.addresses import ServerAddress
 from commands.errors import StoreError, UserError
 from commands.events import (
     AbortRequested,
+    AlertsReport,
     ApprovalRequested,
     ChangeApplied,
     ConfirmationNeeded,
@@ -38,6 +39,7 @@ from commands.release_state import Status
 from commands.releases import Releases, held_by
 from commands.requests import (
     AddRequest,
+    AlertsRequest,
     DrainRequest,
     HelpRequest,
     ReleaseAbortRequest,
@@ -47,9 +49,11 @@ from commands.requests import (
     Request,
     StatusRequest,
     UndrainRequest,
+    WatchRequest,
 )
 from commands.servers import Upstream
 from commands.settings import AppSettings
+from commands.watch import Incident, WatchControl
 
 PROBE_CONCURRENCY = 32  # a 500-server status probes in bounded parallel, never all at once
 
@@ -74,8 +78,10 @@ class CommandService:
         nginx: NginxReader,
         clock: Clock,
         releases: Releases | None = None,
+        watches: WatchControl | None = None,
     ) -> None:
         self.releases = releases
+        self.watches = watches
         self.apps = apps
         self.store = store
         self.prober = prober
@@ -129,6 +135,15 @@ class CommandService:
                 return Outcome.PENDING
             case ReleaseRequest() | ReleaseStatusRequest() | ReleaseAbortRequest():
                 return await self._release_request(request, requester, notifier)
+            case WatchRequest(app=name, on=on):
+                app = self.app(name)
+                if self.watches is None:
+                    raise UserError("The health watch does not run in this process; nothing was changed.")
+                await notifier.emit(Notice(self.watches.set_enabled(app.name, on)))
+                return Outcome.DONE
+            case AlertsRequest(app=name):
+                await notifier.emit(self.alerts(name))
+                return Outcome.DONE
         raise UserError(f"unsupported request {request!r}")
 
     # -- releases ---------------------------------------------------------------------------------
@@ -215,6 +230,18 @@ class CommandService:
             await notifier.emit(Problem(problem))
             return Outcome.REFUSED
         return Outcome.DONE
+
+    def alerts(self, only: str | None = None) -> AlertsReport:
+        names = [self.app(only).name] if only else sorted(self.apps)
+        incidents: list[Incident] = []
+        watching, paused = [], []
+        for name in names:
+            watch = self.watches.watch(name) if self.watches else None
+            if watch is None:
+                continue
+            (watching if watch.enabled else paused).append(name)
+            incidents += watch.incidents()
+        return AlertsReport(tuple(sorted(incidents, key=lambda i: i.failing_since)), tuple(watching), tuple(paused))
 
     # -- apps -----------------------------------------------------------------------------------
 
@@ -424,6 +451,11 @@ class CommandService:
             else:
                 results.append(await self._apply_change(plan, change))
         event = ChangeApplied(plan, actor, tuple(results), self.clock.now())
+        if plan.action == "drain" and self.watches is not None:
+            for result in results:
+                watch = self.watches.watch(result.change.app)
+                if result.ok and watch is not None:
+                    watch.record_drain(result.change.address, actor)
         await notifier.emit(event)
         return Outcome.DONE if event.ok else Outcome.FAILED
 

@@ -59,6 +59,16 @@ class SshSettings:
 
 
 @dataclass(frozen=True)
+class WatchSettings:
+    """The health watch of an app (on when the app has a health.url or nginx.status_url)."""
+
+    enabled: bool = True
+    reminder: float = 3600.0  # an open incident is posted again after this (unless acknowledged)
+    drained_reminder: float = 86400.0  # a node drained longer than this gets one reminder
+    concurrency: int = 64  # probes in flight at once
+
+
+@dataclass(frozen=True)
 class SshOverride:
     """Per-app or per-host SSH settings; None keeps what the level above says."""
 
@@ -77,3 +87,4 @@ class AppSettings:
     approvers: tuple[str, ...] = ()  # Slack user IDs (U/W...) or user-group IDs (S...)
     approval: str = "none"  # required | none
     ssh: SshOverride = field(default_factory=SshOverride)
+    watch: WatchSettings = field(default_factory=WatchSettings)
