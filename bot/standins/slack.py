@@ -24,6 +24,7 @@ class Call:
     args: dict[str, Any]
     token: str | None
     at: float
+    answer: dict[str, Any] = field(default_factory=dict)  # what the stand-in answered (its "ts", say)
 
     @property
     def text(self) -> str:
@@ -118,15 +119,20 @@ class SlackStandIn:
         args = await self._decode(request)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token")
         with self._lock:
-            self._calls.append(Call(method, args, token, time.time()))
             limited = self._rate_limits.get(method, 0)
             if limited:
                 self._rate_limits[method] = limited - 1
         if limited:
-            return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"})
-        if not token:
-            return web.json_response({"ok": False, "error": "not_authed"})
-        return web.json_response(self._answer(method, args))
+            answer: dict[str, Any] = {"ok": False, "error": "ratelimited"}
+        elif not token:
+            answer = {"ok": False, "error": "not_authed"}
+        else:
+            answer = self._answer(method, args)
+        with self._lock:
+            self._calls.append(Call(method, args, token, time.time(), answer))
+        if limited:
+            return web.json_response(answer, status=429, headers={"Retry-After": "1"})
+        return web.json_response(answer)
 
     def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":

@@ -1,0 +1,109 @@
+"""The health watch end to end: `serve --http` with real sample services; SIGKILL one and the channel
+gets exactly one alert, then a recovery reply in its thread when it is back. A drained node that dies
+is not alerted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.processes import free_port, start_sample_service, stop
+from tests.slack_bot import Bot, confirm_key, running_bot
+
+INTERVAL, WINDOW = 0.3, 2.0
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[Bot, list[int], dict[int, subprocess.Popen[bytes]]]]:
+    ports = sorted(free_port() for _ in range(3))
+    processes = {p: start_sample_service(p) for p in ports}
+    config = (
+        "slack:\n  channel: C0DEPLOY\napps:\n  app:\n    approvers: [U2BOB]\n"
+        "    health:\n      url: http://{host}:{port}/ping\n"
+        f"      interval: {INTERVAL}s\n      timeout: {INTERVAL}s\n"
+        f"      window: {WINDOW}s\n      rise: 2\n"
+    )
+    with running_bot(tmp_path, config) as bot:
+        for port in ports:
+            bot.consul.add_server("app", f"127.0.0.1:{port}")
+        yield bot, ports, processes
+    stop(list(processes.values()))
+
+
+def alerts(bot: Bot, port: int) -> list:  # type: ignore[type-arg]
+    return [
+        c
+        for c in bot.slack.calls("chat.postMessage")
+        if "watch_silence" in json.dumps(c.args.get("blocks")) and f"127.0.0.1:{port}" in c.text
+    ]
+
+
+def test_a_killed_node_is_alerted_once_and_its_recovery_is_threaded(watched) -> None:  # type: ignore[no-untyped-def]
+    bot, ports, processes = watched
+    victim = ports[0]
+    time.sleep(3 * INTERVAL)  # a few healthy rounds first; nothing to poll for
+    assert bot.slack.calls("chat.postMessage") == []
+    killed_at = time.time()
+    os.kill(processes[victim].pid, signal.SIGKILL)
+    processes[victim].wait(5)
+    alert = bot.said(
+        lambda c: "watch_silence" in json.dumps(c.args.get("blocks")),
+        method="chat.postMessage",
+        timeout=WINDOW + INTERVAL + 2.0,
+    )
+    assert alert.at - killed_at <= WINDOW + INTERVAL + 2.0
+    assert f"127.0.0.1:{victim}" in alert.text and "connection refused" in alert.text
+    assert "Consul lists it serving" in alert.text and "<@U2BOB>" in alert.text
+    assert alert.args["channel"] == "C0DEPLOY"
+    time.sleep(2 * WINDOW)  # it stays dead for two more windows: no second alert may come
+    assert len(alerts(bot, victim)) == 1
+    processes[victim] = start_sample_service(victim)
+    reply = bot.said(
+        lambda c: "Resolved" in c.text and c.args.get("thread_ts"), method="chat.postMessage", timeout=WINDOW + 5
+    )
+    assert reply.args["thread_ts"] == alert.answer["ts"]  # in the alert's thread
+    bot.said(lambda c: "Resolved" in c.text, method="chat.update")
+    bot.command("/upstream", "alerts")
+    bot.said(lambda c: "0 open incident(s)" in c.text, method="chat.postEphemeral")
+
+
+def test_a_drained_node_that_dies_is_not_alerted(watched) -> None:  # type: ignore[no-untyped-def]
+    bot, ports, processes = watched
+    quiet = ports[1]
+    bot.command("/drain", f"127.0.0.1:{quiet}")
+    asked = bot.said(lambda c: "Drain" in c.text, method="chat.postEphemeral")
+    bot.press("confirm", confirm_key(asked))
+    bot.said(lambda c: f"Drain 127.0.0.1:{quiet}" in c.text, method="chat.postMessage")
+    os.kill(processes[quiet].pid, signal.SIGKILL)
+    processes[quiet].wait(5)
+    time.sleep(2 * WINDOW + 2 * INTERVAL)  # long enough for an alert to come; none may
+    assert alerts(bot, quiet) == []
+
+
+def test_the_alerts_buttons_drain_silence_and_acknowledge(watched) -> None:  # type: ignore[no-untyped-def]
+    bot, ports, processes = watched
+    victim = ports[2]
+    os.kill(processes[victim].pid, signal.SIGKILL)
+    processes[victim].wait(5)
+    alert = bot.said(
+        lambda c: "watch_drain" in json.dumps(c.args.get("blocks")), method="chat.postMessage", timeout=WINDOW + 5
+    )
+    bot.press("watch_ack", confirm_key(alert, "watch_ack"), user="U2BOB")
+    bot.said(lambda c: "Acknowledged by <@U2BOB>" in c.text and c.args.get("thread_ts"), method="chat.postMessage")
+    bot.press("watch_drain", confirm_key(alert, "watch_drain"), user="U2BOB")
+    asked = bot.said(
+        lambda c: c.args.get("user") == "U2BOB" and "2 of 3 will be serving" in c.text, method="chat.postEphemeral"
+    )
+    bot.press("confirm", confirm_key(asked), user="U2BOB")
+    bot.said(lambda c: f"Drain 127.0.0.1:{victim}" in c.text, method="chat.postMessage")
+    # Drained on purpose: the incident is closed in its thread, saying by whom.
+    bot.said(
+        lambda c: "Resolved" in c.text and "drained by U2BOB" in c.text, method="chat.postMessage", timeout=WINDOW + 5
+    )
