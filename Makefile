@@ -40,6 +40,8 @@ test: $(VENV)/.installed system-deps lint
 bench: $(VENV)/.installed system-deps
 	$(BIN)/python benchmarks/ack_latency.py
 	$(BIN)/python benchmarks/executor.py
+	$(BIN)/python benchmarks/release_overhead.py
+	$(BIN)/python benchmarks/watch_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -392,5 +392,7 @@ def environment_problems(config: Config, env: Mapping[str, str]) -> tuple[list[s
         if config.agent.ca_file and not os.access(config.agent.ca_file, os.R_OK):
             problems.append(f"agent.ca_file: {config.agent.ca_file} is not a readable file")
     if not config.slack.channel:
-        notes.append("slack.channel: not set; results go to the channel a command came from")
+        notes.append(
+            "slack.channel: not set; results go to the channel a command came from, and the health watch has nowhere to post its alerts"
+        )
     return problems, notes

@@ -24,7 +24,7 @@ from commands.settings import AppSettings, HealthSettings, NginxSettings, Releas
 
 BANNER = """upstream-bot demo: Consul stand-in at {consul}, app served by {servers}.
 Try:  /upstream status app   /drain {first}   /undrain {first}   /upstream add app 127.0.0.1:PORT
-      help, exit"""
+      /release app --version 2   /release app --dry-run   /upstream alerts   help, exit"""
 
 
 def demo_steps(state: Path) -> dict[str, StepSpec]:

@@ -119,6 +119,9 @@ class HealthWatcher:
             await self._round(name, watch)
         except StoreError as error:
             log.warning("health watch of %s skipped a round: %s", name, error.message)
+        except asyncio.CancelledError:
+            log.info("health watch of %s: round cancelled (shutting down)", name)
+            return
         except Exception:
             log.exception("health watch of %s failed a round", name)
         stats.rounds += 1
