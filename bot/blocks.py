@@ -52,6 +52,17 @@ def _button(
     return button
 
 
+def _dialog(title: str, text: str, confirm: str, deny: str) -> dict[str, Any]:
+    """Slack's own "are you sure?" on a button, before the press reaches the bot."""
+    return {
+        "title": {"type": "plain_text", "text": title[:100]},
+        "text": {"type": "plain_text", "text": text[:300]},
+        "confirm": {"type": "plain_text", "text": confirm[:30]},
+        "deny": {"type": "plain_text", "text": deny[:30]},
+        "style": "danger",
+    }
+
+
 def _code_sections(lines: list[str]) -> Blocks:
     """Lines in ``` sections, each under the section limit."""
     blocks: Blocks = []
@@ -127,13 +138,7 @@ def confirmation_message(event: ConfirmationNeeded, key: str) -> tuple[str, Bloc
     blocks.append(_context(f"Asked by <@{plan.requester}>. Only they or an approver of the app can confirm."))
     slack_confirm = None
     if event.stage >= 2:
-        slack_confirm = {
-            "title": {"type": "plain_text", "text": "Really?"},
-            "text": {"type": "plain_text", "text": f"{plan.title}: every request to it will fail."[:300]},
-            "confirm": {"type": "plain_text", "text": "Take it out"},
-            "deny": {"type": "plain_text", "text": "Keep it"},
-            "style": "danger",
-        }
+        slack_confirm = _dialog("Really?", f"{plan.title}: every request to it will fail.", "Take it out", "Keep it")
     blocks.append(
         {
             "type": "actions",
@@ -184,13 +189,12 @@ def release_plan_message(plan: ReleasePlan, key: str, stage: int = 1, dry_run: b
     if not dry_run:
         confirm = None
         if stage >= 2:
-            confirm = {
-                "title": {"type": "plain_text", "text": "Release with no spare server?"},
-                "text": {"type": "plain_text", "text": "Requests fail while the only node is drained."},
-                "confirm": {"type": "plain_text", "text": "Release anyway"},
-                "deny": {"type": "plain_text", "text": "Keep it"},
-                "style": "danger",
-            }
+            confirm = _dialog(
+                "Release with no spare server?",
+                "Requests fail while the only node is drained.",
+                "Release anyway",
+                "Keep it",
+            )
         label = "Ask for approval" if plan.approval_required else "Start"
         blocks.append(
             {
@@ -267,13 +271,9 @@ def decision_message(event: DecisionNeeded, who: str) -> tuple[str, Blocks]:
             f":rotating_light: {who}: *{plan.title}* stopped at {event.node}: {event.reason}\n"
             f"{event.node} stays drained; the other servers keep serving; nothing further is touched."
         )
-        restore_confirm = {
-            "title": {"type": "plain_text", "text": "Restore a failed node?"},
-            "text": {"type": "plain_text", "text": f"{event.node} failed; it gets traffic again."[:300]},
-            "confirm": {"type": "plain_text", "text": "Restore it"},
-            "deny": {"type": "plain_text", "text": "Keep it drained"},
-            "style": "danger",
-        }
+        restore_confirm = _dialog(
+            "Restore a failed node?", f"{event.node} failed; it gets traffic again.", "Restore it", "Keep it drained"
+        )
         buttons = [
             _button("Retry this node", "release_decision", value("retry"), "primary"),
             _button("Restore it anyway", "release_decision", value("restore"), "danger", restore_confirm),
@@ -286,16 +286,12 @@ def decision_message(event: DecisionNeeded, who: str) -> tuple[str, Blocks]:
 
 
 def abort_message(event: AbortRequested) -> tuple[str, Blocks]:
-    confirm = {
-        "title": {"type": "plain_text", "text": "Abort the release?"},
-        "text": {
-            "type": "plain_text",
-            "text": "It stops before the next step; a stopped node is started and probed first.",
-        },
-        "confirm": {"type": "plain_text", "text": "Abort"},
-        "deny": {"type": "plain_text", "text": "Go on"},
-        "style": "danger",
-    }
+    confirm = _dialog(
+        "Abort the release?",
+        "It stops before the next step; a stopped node is started and probed first.",
+        "Abort",
+        "Go on",
+    )
     value = json.dumps({"app": event.app, "release_id": event.release_id})
     return f"Abort the release of {event.app}?", [
         _section(f"Abort the running release of *{event.app}*?"),

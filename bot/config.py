@@ -393,6 +393,7 @@ def environment_problems(config: Config, env: Mapping[str, str]) -> tuple[list[s
             problems.append(f"agent.ca_file: {config.agent.ca_file} is not a readable file")
     if not config.slack.channel:
         notes.append(
-            "slack.channel: not set; results go to the channel a command came from, and the health watch has nowhere to post its alerts"
+            "slack.channel: not set; results go to the channel a command came from, and the health watch "
+            "has nowhere to post its alerts"
         )
     return problems, notes

@@ -580,18 +580,21 @@ class SlackFrontEnd:
         await ack()
         self.spawn(self._decision(body))
 
-    async def _decision(self, body: dict[str, Any]) -> None:
+    async def _steering(self, body: dict[str, Any], verb: str) -> tuple[str, SlackNotifier, dict[str, Any]] | None:
+        """The presser, a notifier and the button's value, if they may steer the app's release."""
         user, _, notifier = self._context(body)
         value = json.loads(body["actions"][0]["value"])
-        if not await self._may_steer(user, value["app"]):
-            await notifier.private(
-                *text_message(
-                    f"Only who asked for the release or an approver of {value['app']} "
-                    "can decide this; nothing was changed.",
-                    ":no_entry:",
-                )
-            )
+        if await self._may_steer(user, value["app"]):
+            return user, notifier, value
+        message = f"Only who asked for the release or an approver of {value['app']} can {verb}; nothing was changed."
+        await notifier.private(*text_message(message, ":no_entry:"))
+        return None
+
+    async def _decision(self, body: dict[str, Any]) -> None:
+        steering = await self._steering(body, "decide this")
+        if steering is None:
             return
+        user, notifier, value = steering
         outcome = await self.service.decide(value["app"], value["decision_id"], value["decision"], user, notifier)
         if outcome.ok:
             await self.post_thread(
@@ -605,17 +608,10 @@ class SlackFrontEnd:
         self.spawn(self._abort(body))
 
     async def _abort(self, body: dict[str, Any]) -> None:
-        user, _, notifier = self._context(body)
-        value = json.loads(body["actions"][0]["value"])
-        if not await self._may_steer(user, value["app"]):
-            await notifier.private(
-                *text_message(
-                    f"Only who asked for the release or an approver of {value['app']} "
-                    "can abort it; nothing was changed.",
-                    ":no_entry:",
-                )
-            )
+        steering = await self._steering(body, "abort it")
+        if steering is None:
             return
+        user, notifier, value = steering
         await self._replace(body, f"Abort of the release of {value['app']} requested by <@{user}>.")
         await self.service.abort_release(value["app"], value["release_id"], user, notifier)
 

@@ -19,20 +19,8 @@ from commands.grammar import parse_line
 from commands.service import CommandService, Outcome
 from commands.settings import AppSettings, HealthSettings, NginxSettings
 from tests.conftest import Consul
+from tests.fakes import FakeClock
 from tests.helpers import RecordingNotifier
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-        self.slept: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.t += seconds
 
 
 def app_settings(name: str = "app", upstream: str | None = None, nginx: NginxSettings | None = None) -> AppSettings:
