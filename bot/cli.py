@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="local sandbox with a terminal chat (no Slack, no Consul needed)"
     )
     demo.add_argument("--base-port", type=int, default=9001, help="first sample service port (default 9001)")
+    demo.add_argument("--yes", "-y", action="store_true", help="confirm every confirmation (scripted demos)")
 
     run = sub.add_parser(
         "run", parents=[common], help='one command from a shell or CI, e.g. run "/drain 10.0.0.5:9000" --yes'
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bot.demo import run_demo
 
         try:
-            return asyncio.run(run_demo(args.base_port))
+            return asyncio.run(run_demo(args.base_port, assume_yes=args.yes))
         except KeyboardInterrupt:
             return EXIT_OK
     if args.command == "check-config":

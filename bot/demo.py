@@ -49,7 +49,7 @@ def demo_config(consul_url: str, ports: list[int], state: Path) -> Config:
     return Config(consul=ConsulConfig(addresses=(consul_url,)), apps={"app": app}, source="<demo>")
 
 
-async def run_demo(base_port: int = 9001, count: int = 3) -> int:
+async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = False) -> int:
     ports = list(range(base_port, base_port + count))
     busy = [p for p in ports if not port_free(p)]
     if busy:
@@ -68,7 +68,7 @@ async def run_demo(base_port: int = 9001, count: int = 3) -> int:
             start_sample_service(port, state_dir=state)
         config = demo_config(server.url, ports, state)
         async with service_for(config) as service:
-            front = TerminalFrontEnd(service, user="local:demo")
+            front = TerminalFrontEnd(service, user="local:demo", assume_yes=assume_yes)
             if isinstance(service.watches, HealthWatcher):
                 service.watches.start(front)
             await front.repl(

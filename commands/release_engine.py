@@ -131,8 +131,8 @@ class ReleaseEngine:
         state.message = message
         state.finished_at = self.clock.now()
         for node in state.nodes.values():
-            if node.drained and node.phase not in (Phase.LEFT_DRAINED,):
-                node.phase = Phase.LEFT_DRAINED if node.phase is not Phase.FAILED else node.phase
+            if node.drained and node.phase is not Phase.FAILED:  # a failed node keeps its error on show
+                node.phase = Phase.LEFT_DRAINED
         await self._update(f"{self.plan.title}: {status.value}: {message}")
         return state
 

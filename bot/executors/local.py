@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from bot.executors.process import run_process
 from commands.interfaces import OutputSink
 from commands.settings import AppSettings
-from commands.steps import StepRefused, StepResult, StepTarget, prepare_step
+from commands.steps import StepResult, StepTarget, prepare_step
 
 
 class LocalExecutor:
@@ -26,6 +26,3 @@ class LocalExecutor:
 
     async def close(self) -> None:
         return None
-
-
-__all__ = ["LocalExecutor", "StepRefused"]
