@@ -119,19 +119,13 @@ class ConsulStore:
 
     async def read(self, upstream: str) -> Upstream:
         folder = self.folder(upstream)
-        index, items = await self.call(lambda c: c.kv.get(folder, recurse=True), f"reading {folder}")
-        servers: list[ServerEntry] = []
-        skipped: list[str] = []
-        for item in items or []:
-            key = item["Key"]
-            if key == folder:
-                continue
-            address = ServerAddress.from_key(key)
-            if address is None:
-                skipped.append(key)
-                continue
-            servers.append(ServerEntry.from_kv(address, item.get("Value"), int(item["ModifyIndex"])))
-        return Upstream(upstream, tuple(sorted(servers, key=lambda s: s.address)), int(index or 0), tuple(skipped))
+
+        def read_and_parse(client: consul.Consul) -> Upstream:
+            # Parsed in the worker thread too: a big upstream's JSON never holds up the event loop.
+            index, items = client.kv.get(folder, recurse=True)
+            return _upstream(upstream, folder, index, items)
+
+        return await self.call(read_and_parse, f"reading {folder}")
 
     async def write(self, upstream: str, address: ServerAddress, fields: dict[str, Any], cas: int) -> bool:
         key, value = self.key(upstream, address), encode(fields)
@@ -144,3 +138,18 @@ class ConsulStore:
     async def leader(self) -> str:
         """Consul's leader address (a cheap reachability check for /healthz and check-config)."""
         return str(await self.call(lambda c: c.status.leader(), "reading status/leader"))
+
+
+def _upstream(name: str, folder: str, index: str | None, items: list[dict[str, Any]] | None) -> Upstream:
+    servers: list[ServerEntry] = []
+    skipped: list[str] = []
+    for item in items or []:
+        key = item["Key"]
+        if key == folder:
+            continue
+        address = ServerAddress.from_key(key)
+        if address is None:
+            skipped.append(key)
+            continue
+        servers.append(ServerEntry.from_kv(address, item.get("Value"), int(item["ModifyIndex"])))
+    return Upstream(name, tuple(sorted(servers, key=lambda s: s.address)), int(index or 0), tuple(skipped))

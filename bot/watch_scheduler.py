@@ -142,12 +142,16 @@ class HealthWatcher:
     async def _probe(self, app: AppSettings, addresses: list[ServerAddress]) -> dict[ServerAddress, ProbeResult]:
         if app.health.url is None or not addresses:
             return {}
-        limit = asyncio.Semaphore(app.watch.concurrency)
+        # A fixed pool of workers, not one task per node: 2,000 tasks created at once stall the loop.
+        pending = list(addresses)
+        results: dict[ServerAddress, ProbeResult] = {}
 
-        async def one(address: ServerAddress) -> tuple[ServerAddress, ProbeResult]:
-            url = app.health.url_for(address.host, address.port)
-            assert url is not None
-            async with limit:
-                return address, await self.prober.probe(url, app.health.timeout)
+        async def worker() -> None:
+            while pending:
+                address = pending.pop()
+                url = app.health.url_for(address.host, address.port)
+                assert url is not None
+                results[address] = await self.prober.probe(url, app.health.timeout)
 
-        return dict(await asyncio.gather(*(one(a) for a in addresses)))
+        await asyncio.gather(*(worker() for _ in range(min(app.watch.concurrency, len(pending)))))
+        return results
