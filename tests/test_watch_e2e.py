@@ -107,3 +107,20 @@ def test_the_alerts_buttons_drain_silence_and_acknowledge(watched) -> None:  # t
     bot.said(
         lambda c: "Resolved" in c.text and "drained by U2BOB" in c.text, method="chat.postMessage", timeout=WINDOW + 5
     )
+
+
+def test_watch_off_means_no_alert_and_alerts_says_so(watched) -> None:  # type: ignore[no-untyped-def]
+    bot, ports, processes = watched
+    bot.command("/upstream", "watch app off")
+    bot.said(lambda c: "Health watch of app is off" in c.text, method="chat.postEphemeral")
+    bot.command("/upstream", "alerts")
+    bot.said(lambda c: "watch off for: app" in c.text, method="chat.postEphemeral")
+    os.kill(processes[ports[0]].pid, signal.SIGKILL)
+    processes[ports[0]].wait(5)
+    time.sleep(WINDOW + 3 * INTERVAL)  # an alert would have come by now; none may
+    assert alerts(bot, ports[0]) == []
+    bot.command("/upstream", "watch app on")
+    bot.said(lambda c: "Health watch of app is on" in c.text, method="chat.postEphemeral")
+    bot.said(
+        lambda c: "watch_silence" in json.dumps(c.args.get("blocks")), method="chat.postMessage", timeout=WINDOW + 5
+    )
