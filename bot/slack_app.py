@@ -36,7 +36,7 @@ from bot.blocks import (
     status_message,
     text_message,
 )
-from bot.confirmations import ClaimRefused, Confirmations
+from bot.confirmations import ClaimRefused, Confirmations, Pending
 from bot.progress import ProgressMessage
 from bot.text_render import when
 from commands.errors import UserError
@@ -60,6 +60,7 @@ from commands.events import (
     StepOutput,
 )
 from commands.grammar import COMMANDS, parse
+from commands.plans import ChangePlan
 from commands.release_plan import ReleasePlan
 from commands.release_state import ReleaseState, Status
 from commands.requests import StatusRequest
@@ -371,33 +372,31 @@ class SlackFrontEnd:
         await ack()
         self.spawn(self._press(body, "cancelled"))
 
-    async def _press(self, body: dict[str, Any], verdict: str) -> None:
-        user = body["user"]["id"]
-        channel = (body.get("channel") or {}).get("id") or body.get("container", {}).get("channel_id", "")
+    async def _claim(self, body: dict[str, Any], verdict: str) -> tuple[Pending, str, SlackNotifier] | None:
+        """A Confirm/Start/Cancel press: checked against who may press it, then claimed once (idempotent);
+        the buttons are replaced by the verdict. None when refused (the presser is told why)."""
+        user, _, notifier = self._context(body)
         key = body["actions"][0].get("value", "")
-        notifier = SlackNotifier(self, channel, user, body.get("response_url"))
         refusal = await self._may_confirm(user, key)
         if refusal:
             await notifier.private(*text_message(refusal, ":no_entry:"))
-            return
+            return None
         try:
             pending = self.confirmations.claim(key, user, verdict)
         except ClaimRefused as refused:
             await notifier.private(*text_message(refused.message, ":information_source:"))
-            return
+            return None
         await self._replace(body, f"{pending.plan.title}: {verdict} by <@{user}>.")
-        if verdict == "cancelled":
+        return pending, user, notifier
+
+    async def _press(self, body: dict[str, Any], verdict: str) -> None:
+        claimed = await self._claim(body, verdict)
+        if claimed is None or verdict == "cancelled":
             return
-        try:
-            await self.service.confirm(pending.plan, pending.stage, user, notifier)
-        except Exception:
-            log.exception("confirmed change %s failed", pending.plan.title)
-            await notifier.emit(
-                Problem(
-                    f"Internal error during {pending.plan.title}; check the state with "
-                    "/upstream status. The bot's log has the details."
-                )
-            )
+        pending, user, notifier = claimed
+        assert isinstance(pending.plan, ChangePlan)
+        work = self.service.confirm(pending.plan, pending.stage, user, notifier)
+        await self._guarded(work, notifier, pending.plan.title)
 
     async def _replace(self, body: dict[str, Any], text: str) -> None:
         """Swap the buttons for the verdict, so the message cannot be pressed again."""
@@ -442,22 +441,13 @@ class SlackFrontEnd:
         self.spawn(self._release_press(body, "cancelled"))
 
     async def _release_press(self, body: dict[str, Any], verdict: str) -> None:
-        user, _, notifier = self._context(body)
-        key = body["actions"][0].get("value", "")
-        refusal = await self._may_confirm(user, key)
-        if refusal:
-            await notifier.private(*text_message(refusal, ":no_entry:"))
+        claimed = await self._claim(body, verdict)
+        if claimed is None or verdict == "cancelled":
             return
-        try:
-            pending = self.confirmations.claim(key, user, verdict)
-        except ClaimRefused as refused:
-            await notifier.private(*text_message(refused.message, ":information_source:"))
-            return
-        plan = pending.plan
-        assert isinstance(plan, ReleasePlan)
-        await self._replace(body, f"{plan.title}: {verdict} by <@{user}>.")
-        if verdict == "started":
-            await self._guarded(self.service.start_release(plan, pending.stage, user, notifier), notifier, plan.title)
+        pending, user, notifier = claimed
+        assert isinstance(pending.plan, ReleasePlan)
+        work = self.service.start_release(pending.plan, pending.stage, user, notifier)
+        await self._guarded(work, notifier, pending.plan.title)
 
     async def _guarded(self, work: Coroutine[Any, Any, Any], notifier: SlackNotifier, what: str) -> None:
         try:
@@ -466,7 +456,7 @@ class SlackFrontEnd:
             log.exception("%s failed", what)
             await notifier.emit(
                 Problem(
-                    f"Internal error in {what}; check /release status and /upstream status. "
+                    f"Internal error in {what}; check the state with /upstream status (and /release status). "
                     "The bot's log has the details."
                 )
             )
