@@ -12,7 +12,7 @@ from aiohttp import web
 from bot.config import Config
 from bot.http_server import build_web_app
 from bot.runtime import service_for
-from bot.slack_app import SlackFrontEnd, build_app, make_client, warm_up
+from bot.slack_app import BotTokenRefused, SlackFrontEnd, build_app, make_client, warm_up
 from bot.watch_scheduler import HealthWatcher
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,11 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
     async with service_for(config) as service:
         front = SlackFrontEnd(service, make_client(token, os.environ.get("SLACK_API_URL")), config.slack.channel)
         app = build_app(front, secret if http else None)
-        await warm_up(app)
+        try:
+            await warm_up(app)
+        except BotTokenRefused as refused:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
         if isinstance(service.watches, HealthWatcher):
             if not config.slack.channel:
                 log.warning("slack.channel is not set: the health watch has nowhere to post its alerts")

@@ -72,6 +72,13 @@ SEEN_TRIGGERS = 2000  # slash-command trigger_ids remembered to ignore Slack's r
 SILENCE = 3600.0  # the alert's "Silence 1 h"
 
 
+TOKEN_ERRORS = ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired")
+
+
+class BotTokenRefused(Exception):
+    pass
+
+
 def make_client(token: str, api_url: str | None) -> AsyncWebClient:
     client = AsyncWebClient(token=token, base_url=api_url or "https://slack.com/api/")
     client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
@@ -628,7 +635,13 @@ async def warm_up(app: AsyncApp) -> None:
     try:
         result = await app.client.auth_test()
     except SlackApiError as error:
-        raise RuntimeError(f"Slack refused the bot token (auth.test: {slack_error(error)})") from None
+        if slack_error(error) in TOKEN_ERRORS:
+            raise BotTokenRefused(f"Slack refused SLACK_BOT_TOKEN (auth.test: {slack_error(error)})") from None
+        log.warning("auth.test failed (%s); Bolt will try again on the first request", slack_error(error))
+        return
+    except Exception as error:  # Slack (or SLACK_API_URL) unreachable right now: not fatal for serving
+        log.warning("auth.test failed (%s); Bolt will try again on the first request", error)
+        return
     for middleware in app._async_middleware_list:  # Bolt keeps its result here; no public setter
         if isinstance(middleware, AsyncSingleTeamAuthorization):
             middleware.auth_test_result = result

@@ -135,3 +135,49 @@ def test_run_release_of_an_app_needing_approval_is_refused(consul: Consul, tmp_p
     )
     assert result.returncode == 1 and "approval" in result.stdout and "Slack" in result.stdout
     assert all(json.loads(consul.value(f"upstreams/app/127.0.0.1:{p}") or "")["down"] == 0 for p in services[:2])
+
+
+def test_serve_refuses_to_start_without_a_usable_token(tmp_path: Path, consul: Consul) -> None:
+    from bot.standins.server_thread import ServerThread
+    from bot.standins.slack import SlackStandIn
+
+    config = tmp_path / "upstream-bot.yml"
+    config.write_text("apps:\n  app: {}\n")
+    missing = upstream_bot(
+        "serve",
+        "--http",
+        "--port",
+        str(free_port()),
+        config=config,
+        env={"SLACK_BOT_TOKEN": "", "SLACK_SIGNING_SECRET": "s"},
+    )
+    assert missing.returncode == 2 and "SLACK_BOT_TOKEN is not set" in missing.stderr
+    no_secret = upstream_bot(
+        "serve",
+        "--http",
+        "--port",
+        str(free_port()),
+        config=config,
+        env={"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": ""},
+    )
+    assert no_secret.returncode == 2 and "SLACK_SIGNING_SECRET" in no_secret.stderr
+    slack = SlackStandIn(tokens=("xoxb-right",))
+    server = ServerThread(slack.app()).start()
+    try:
+        refused = upstream_bot(
+            "serve",
+            "--http",
+            "--port",
+            str(free_port()),
+            config=config,
+            timeout=30,
+            env={
+                "SLACK_BOT_TOKEN": "xoxb-wrong",
+                "SLACK_SIGNING_SECRET": "s",
+                "SLACK_API_URL": f"{server.url}/api/",
+                "CONSUL_HTTP_ADDR": consul.url,
+            },
+        )
+    finally:
+        server.stop()
+    assert refused.returncode == 2 and "invalid_auth" in refused.stderr

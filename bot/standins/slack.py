@@ -53,6 +53,7 @@ def _texts(node: Any) -> str:
 @dataclass
 class SlackStandIn:
     usergroups: dict[str, list[str]] = field(default_factory=dict)
+    tokens: tuple[str, ...] | None = None  # the bot tokens it accepts (None: any)
 
     def __post_init__(self) -> None:
         self._calls: list[Call] = []
@@ -126,6 +127,8 @@ class SlackStandIn:
             answer: dict[str, Any] = {"ok": False, "error": "ratelimited"}
         elif not token:
             answer = {"ok": False, "error": "not_authed"}
+        elif self.tokens is not None and token not in self.tokens:
+            answer = {"ok": False, "error": "invalid_auth"}
         else:
             answer = self._answer(method, args)
         with self._lock:
