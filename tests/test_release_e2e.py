@@ -145,4 +145,5 @@ async def test_without_the_drain_wait_the_same_release_fails_requests(stack: Sta
     await asyncio.sleep(1)
     requests, failures = wrk_failures(finish(load))
     assert state.status is Status.SUCCEEDED
+    print(f"without the drain wait: {failures} of {requests} requests failed")
     assert failures > 0, f"no failure in {requests} requests: the load test could not see a premature stop"
