@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from commands.addresses import ServerAddress
 from commands.errors import StoreError
 from commands.events import Notifier
-from commands.interfaces import Clock, NginxReader, Prober, ProbeResult, UpstreamStore
+from commands.interfaces import Clock, NginxReader, Prober, UpstreamStore
+from commands.probing import probe_nodes
 from commands.releases import Releases
 from commands.settings import AppSettings
 from commands.watch import AppWatch
@@ -133,25 +133,8 @@ class HealthWatcher:
         engine = self.releases.engine(name) if self.releases is not None else None
         releasing = set(engine.plan.nodes) if engine is not None else set()
         serving = [s.address for s in upstream.servers if not s.drained and s.address not in releasing]
-        probes = await self._probe(app, serving)
+        probes = await probe_nodes(self.prober, app, serving, app.watch.concurrency)
         self.stats[name].probes += len(probes)
         for event in watch.observe(self.clock.now(), upstream, probes, view, releasing):
             if self.notifier is not None:
                 await self.notifier.emit(event)
-
-    async def _probe(self, app: AppSettings, addresses: list[ServerAddress]) -> dict[ServerAddress, ProbeResult]:
-        if app.health.url is None or not addresses:
-            return {}
-        # A fixed pool of workers, not one task per node: 2,000 tasks created at once stall the loop.
-        pending = list(addresses)
-        results: dict[ServerAddress, ProbeResult] = {}
-
-        async def worker() -> None:
-            while pending:
-                address = pending.pop()
-                url = app.health.url_for(address.host, address.port)
-                assert url is not None
-                results[address] = await self.prober.probe(url, app.health.timeout)
-
-        await asyncio.gather(*(worker() for _ in range(min(app.watch.concurrency, len(pending)))))
-        return results

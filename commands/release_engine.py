@@ -16,6 +16,7 @@ from commands.errors import StoreError
 from commands.events import DecisionNeeded, Notifier, ReleaseUpdate, StepOutput
 from commands.health_window import HealthWindow, Verdict
 from commands.interfaces import Clock, Executor, NginxReader, Prober, ProbeResult, ReleaseLock, UpstreamStore
+from commands.probing import probe_nodes
 from commands.release_plan import ReleasePlan, node_healthy
 from commands.release_state import NodeState, Phase, ReleaseState, Status
 from commands.settings import AppSettings
@@ -179,22 +180,12 @@ class ReleaseEngine:
         self, addresses: list[ServerAddress], fresh_within: float = 0.0
     ) -> dict[ServerAddress, ProbeResult]:
         """Probe `addresses` in parallel; a result younger than `fresh_within` seconds is reused."""
-        if not self.app.health.url:
-            return {}
         now = self.clock.now()
-        cached = {
-            a: r for a in addresses if (hit := self._health.get(a)) and now - hit[0] <= fresh_within for r in (hit[1],)
-        }
-
-        async def one(address: ServerAddress) -> tuple[ServerAddress, ProbeResult]:
-            url = self.app.health.url_for(address.host, address.port)
-            assert url is not None
-            result = await self.prober.probe(url, self.app.health.timeout)
-            self._health[address] = (self.clock.now(), result)
-            return address, result
-
-        fresh = await asyncio.gather(*(one(a) for a in addresses if a not in cached))
-        return {**cached, **dict(fresh)}
+        cached = {a: hit[1] for a in addresses if (hit := self._health.get(a)) and now - hit[0] <= fresh_within}
+        fresh = await probe_nodes(self.prober, self.app, [a for a in addresses if a not in cached])
+        for address, result in fresh.items():
+            self._health[address] = (now, result)  # stamped with the round's start: never fresher than it is
+        return {**cached, **fresh}
 
     @property
     def _freshness(self) -> float:

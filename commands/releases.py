@@ -14,6 +14,7 @@ from collections.abc import Callable
 from commands.errors import UserError
 from commands.events import Notifier, ReleaseFinished, ReleaseStatusReport
 from commands.interfaces import Clock, Executor, LockBusy, LockInfo, LockManager, NginxReader, Prober, UpstreamStore
+from commands.probing import probe_nodes
 from commands.release_engine import ReleaseEngine
 from commands.release_plan import ReleasePlan, plan_release
 from commands.release_state import ReleaseState
@@ -69,12 +70,7 @@ class Releases:
             await self._refuse_if_running(app.name)
         upstream, view = await asyncio.gather(self.store.read(app.upstream), self.nginx.read(app.upstream))
         serving = [s.address for s in upstream.servers if not s.drained]
-        probes = {}
-        if app.health.url:
-            results = await asyncio.gather(
-                *(self.prober.probe(app.health.url_for(a.host, a.port) or "", app.health.timeout) for a in serving)
-            )
-            probes = dict(zip(serving, results, strict=True))
+        probes = await probe_nodes(self.prober, app, serving)
         return plan_release(app, request, requester, upstream, probes, view)
 
     async def _refuse_if_running(self, app: str) -> None:

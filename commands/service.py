@@ -6,7 +6,6 @@ import asyncio
 import enum
 from dataclasses import replace
 
-from commands.addresses import ServerAddress
 from commands.errors import StoreError, UserError
 from commands.events import (
     AbortRequested,
@@ -24,7 +23,7 @@ from commands.events import (
     StatusReport,
 )
 from commands.grammar import usage
-from commands.interfaces import Clock, NginxReader, NginxView, Prober, ProbeResult, UpstreamStore
+from commands.interfaces import Clock, NginxReader, NginxView, Prober, UpstreamStore
 from commands.plans import (
     CAS_ATTEMPTS,
     ChangePlan,
@@ -34,6 +33,7 @@ from commands.plans import (
     new_entry_fields,
     serving_after,
 )
+from commands.probing import probe_nodes
 from commands.release_plan import ReleasePlan
 from commands.release_state import Status
 from commands.releases import Releases, held_by
@@ -54,8 +54,6 @@ from commands.requests import (
 from commands.servers import Upstream
 from commands.settings import AppSettings
 from commands.watch import Incident, WatchControl
-
-PROBE_CONCURRENCY = 32  # a 500-server status probes in bounded parallel, never all at once
 
 
 class Outcome(enum.Enum):
@@ -271,7 +269,7 @@ class CommandService:
     async def status(self, request: StatusRequest) -> StatusReport:
         app = self.app(request.app)
         upstream, view = await asyncio.gather(self.store.read(app.upstream), self.nginx.read(app.upstream))
-        probes = await self._probe_all(app, [s.address for s in upstream.servers])
+        probes = await probe_nodes(self.prober, app, [s.address for s in upstream.servers])
         servers = []
         for entry in upstream.servers:
             key = str(entry.address)
@@ -306,19 +304,6 @@ class CommandService:
         return StatusReport(
             app.name, app.upstream, tuple(sorted(servers, key=lambda s: s.address)), tuple(notes), request.page
         )
-
-    async def _probe_all(self, app: AppSettings, addresses: list[ServerAddress]) -> dict[ServerAddress, ProbeResult]:
-        if app.health.url is None:
-            return {}
-        limit = asyncio.Semaphore(PROBE_CONCURRENCY)
-
-        async def one(address: ServerAddress) -> tuple[ServerAddress, ProbeResult]:
-            async with limit:
-                url = app.health.url_for(address.host, address.port)
-                assert url is not None
-                return address, await self.prober.probe(url, app.health.timeout)
-
-        return dict(await asyncio.gather(*(one(a) for a in addresses)))
 
     # -- planning -------------------------------------------------------------------------------
 
