@@ -31,3 +31,26 @@ class StoreUnavailable(StoreError):
 
 class StoreForbidden(StoreError):
     """The store refused the ACL token (HTTP 403)."""
+
+
+class StoreRejected(StoreError):
+    """Consul answered, and refused the request with a 4xx other than 403 (400, 404, 413, 429...).
+
+    Not a transport problem: it is not retried on another address, and the status says what it was."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StoreNotFound(StoreRejected):
+    """404: the thing asked for does not exist (for example a lock's session that is gone)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 404)
+
+
+class StoreUncertain(StoreError):
+    """A write was sent but its answer was lost (timeout after sending, connection dropped, a 5xx
+    other than "No cluster leader"): it may or may not have been applied. Never retried blindly;
+    the writer reads the key back and says what it holds."""

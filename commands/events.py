@@ -140,19 +140,33 @@ class ReleaseUpdate:
     thread: str | None = None
 
 
+DECISION_OPTIONS: dict[str, tuple[str, ...]] = {
+    "canary": ("continue", "abort"),
+    # restore: start the node if it was stopped, probe it, and put it back only when healthy.
+    "failure": ("retry", "restore", "leave"),
+    # The restore's probe failed: putting it back needs an explicit second confirmation.
+    "restore_failed": ("retry", "restore_unhealthy", "leave"),
+}
+# Options that put an unhealthy node back into traffic: front ends confirm them a second time
+# (Slack: a button with a danger `confirm` dialog; terminal: typing "yes").
+DANGEROUS_OPTIONS = frozenset({"restore_unhealthy"})
+
+
 @dataclass(frozen=True)
 class DecisionNeeded:
-    """The release waits: after the canary (continue, abort) or a failed node (retry, restore, leave)."""
+    """The release waits: after the canary (continue, abort), a failed node (retry, restore, leave),
+    or a restore whose probe failed (retry, restore_unhealthy, leave). Abort is always possible
+    through `/release abort`, never as a decision."""
 
     state: ReleaseState
-    kind: str  # "canary" | "failure"
+    kind: str  # "canary" | "failure" | "restore_failed"
     decision_id: str
     node: ServerAddress | None = None
     reason: str = ""
 
     @property
     def options(self) -> tuple[str, ...]:
-        return ("continue", "abort") if self.kind == "canary" else ("retry", "restore", "leave")
+        return DECISION_OPTIONS[self.kind]
 
 
 @dataclass(frozen=True)

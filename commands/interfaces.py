@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,8 +18,18 @@ class UpstreamStore(Protocol):
         """Every server of the upstream (empty when the folder is empty or missing)."""
         ...
 
-    async def write(self, upstream: str, address: ServerAddress, fields: dict[str, Any], cas: int) -> bool:
-        """Write the entry if its ModifyIndex is still `cas` (0: only if it does not exist yet)."""
+    async def write(
+        self,
+        upstream: str,
+        address: ServerAddress,
+        fields: dict[str, Any],
+        cas: int,
+        witnesses: Mapping[ServerAddress, int] | None = None,
+    ) -> bool:
+        """Write the entry if its ModifyIndex is still `cas` (0: only if it does not exist yet) and every
+        witness entry of the same upstream still has the ModifyIndex given (one Consul transaction), so a
+        guard read from the witnesses ("another server keeps serving") still holds when the write lands.
+        False when any of them changed. Raises StoreUncertain when the answer was lost after sending."""
         ...
 
     async def delete(self, upstream: str, address: ServerAddress, cas: int) -> bool:
@@ -102,7 +112,12 @@ class LockBusy(Exception):
 class ReleaseLock(Protocol):
     @property
     def lost(self) -> bool:
-        """True once the lock can no longer be trusted (its session expired or was destroyed)."""
+        """True once the lock can no longer be trusted: Consul said its session is gone, or no renewal
+        succeeded within the session TTL (monotonic clock, from the last renewal that succeeded)."""
+        ...
+
+    async def wait_lost(self) -> None:
+        """Returns once `lost` is true (the engine races its waits against this)."""
         ...
 
     async def release(self) -> None: ...

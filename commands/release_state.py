@@ -22,6 +22,8 @@ class Phase(enum.Enum):
     FAILED = "failed"
     LEFT_DRAINED = "left drained"
     RESTORED_UNRELEASED = "restored (not released)"
+    SKIPPED = "skipped (drained by someone else; left drained)"
+    NOT_REACHED = "not reached"
 
 
 class Status(enum.Enum):
@@ -75,6 +77,11 @@ class ReleaseState:
 
     def elapsed(self, now: float) -> float:
         return (self.finished_at or now) - self.started_at
+
+    @property
+    def left_drained(self) -> list[NodeState]:
+        """Nodes this release drained and did not put back (what a person must look at)."""
+        return [n for n in self.nodes.values() if n.drained]
 
     @property
     def released(self) -> int:
