@@ -3,25 +3,40 @@
 A plain state machine over `ReleaseState`, acting only through the store, executor, prober, nginx
 reader and clock it is given, so a test drives it with fakes and a fake clock. On any failure it
 stops where it is: the failed node stays drained, nothing further is touched, and it asks what to do
-(retry the node, restore it anyway, leave it drained).
+(retry the node; restore it: start, probe, and put it back only when healthy; leave it drained).
+
+What it never does:
+- act without its lock: the lock is checked before every write and step and raced against every wait;
+  once it is lost the engine writes nothing more, says what each node was left as, and ends;
+- drain the last serving server (the write names a serving witness, checked in the same transaction);
+- touch a node someone else drained: it is skipped and stays drained;
+- put a stopped or unhealthy node back into traffic unprobed, unless a person confirms that twice;
+- let an exception escape a node's work, or leave the release without a final state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from commands.addresses import ServerAddress
 from commands.errors import StoreError
-from commands.events import DecisionNeeded, Notifier, ReleaseUpdate, StepOutput
+from commands.events import DECISION_OPTIONS, DecisionNeeded, Event, Notifier, ReleaseUpdate, StepOutput
 from commands.health_window import HealthWindow, Verdict
 from commands.interfaces import Clock, Executor, NginxReader, Prober, ProbeResult, ReleaseLock, UpstreamStore
 from commands.probing import probe_nodes
-from commands.release_plan import ReleasePlan, node_healthy
+from commands.release_plan import ReleasePlan, node_healthy, step_problems
 from commands.release_state import NodeState, Phase, ReleaseState, Status
 from commands.settings import AppSettings
 from commands.steps import OutputLine, StepRefused, StepTarget
-from commands.writes import set_down
+from commands.writes import WriteResult, Written, set_down, set_down_decision, write_entry
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POLL = 0.25  # how often nginx's own view is re-read while waiting for it
 DECISION_TIMEOUT = 3600.0  # an unanswered failure leaves the node drained after this
@@ -29,7 +44,29 @@ PREFLIGHT_CONCURRENCY = 16
 
 
 class _Stop(Exception):
-    """The release cannot go on (lock lost, guard); the message says why."""
+    """The release cannot go on (guard, preflight); the message says why."""
+
+
+class _LockLost(_Stop):
+    """The release lock can no longer be trusted: nothing more may be written or run."""
+
+
+def node_summary(node: NodeState) -> str:
+    """What a node was left as, in words that are true whatever happened."""
+    if node.phase is Phase.DONE:
+        return "released"
+    if node.phase is Phase.SKIPPED:
+        return "skipped (drained by someone else; left drained)"
+    if node.drained:
+        stopped = ", stopped" if node.stopped else ""
+        return f"drained{stopped} ({node.error or node.label})"
+    if node.phase is Phase.WAITING:
+        return "not reached (serving, old version)"
+    if node.phase is Phase.RESTORED_UNRELEASED:
+        return "serving (restored, not released)"
+    if node.phase is Phase.FAILED:
+        return f"serving ({node.error})"
+    return f"serving ({node.label})"
 
 
 class ReleaseEngine:
@@ -60,13 +97,17 @@ class ReleaseEngine:
         self.state = ReleaseState.new(plan, clock.now(), approver)
         self._decision: asyncio.Future[str] | None = None
         self._decision_id: str | None = None
+        self._options: tuple[str, ...] = ()
         self._health: dict[ServerAddress, tuple[float, ProbeResult]] = {}  # the latest probe of each node
         self._prefetch: asyncio.Future[dict[ServerAddress, ProbeResult]] | None = None
+        self._healthy_others: list[ServerAddress] = []  # from the last guard: preferred drain witnesses
+        self._lost: asyncio.Task[None] | None = None
 
-    # -- control from outside (buttons, commands) ---------------------------------------------------
+    # -- control from outside (buttons, commands, Ctrl-C) --------------------------------------------
 
     def abort(self, by: str) -> bool:
-        """Stop before the next step. False when it is finished or already aborting."""
+        """Stop before the next step; a stopped node is started and probed, and restored only if healthy.
+        False when it is finished or already aborting."""
         if self.state.status.finished or self.state.aborted_by:
             return False
         self.state.aborted_by = by
@@ -75,11 +116,16 @@ class ReleaseEngine:
         return True
 
     def decide(self, decision_id: str, decision: str, by: str) -> str | None:
-        """Answer a DecisionNeeded. None when taken; otherwise why not (stale, already answered)."""
+        """Answer a DecisionNeeded. None when taken; otherwise why not (stale, answered, not an option)."""
         if self._decision is None or decision_id != self._decision_id:
             return "This question is no longer open: the release has moved on."
         if self._decision.done():
             return "Already answered."
+        if decision not in self._options:
+            return (
+                f"`{decision}` is not an answer to this question (answers: {', '.join(self._options)}); "
+                f"`/release abort {self.plan.app}` aborts the release."
+            )
         self._decision.set_result(decision)
         self.state.message = f"{decision} chosen by {by}"
         return None
@@ -87,65 +133,146 @@ class ReleaseEngine:
     # -- the run ----------------------------------------------------------------------------------------
 
     async def run(self) -> ReleaseState:
+        """Run to the end. Always returns a finished state, whatever fails on the way."""
         state = self.state
         state.status = Status.RUNNING
-        await self._update(
-            f"{self.plan.title} started by {self.plan.requester}"
-            + (f", approved by {state.approver}" if state.approver else "")
-        )
         try:
-            await self._preflight()
-            for index, batch in enumerate(self.plan.batches):
-                if state.aborted_by:
-                    break
-                await self._guard(batch)
-                failed = await self._run_batch(batch)
-                while failed and not state.aborted_by:
-                    choice = await self._ask("failure", failed[0], self.state.nodes[failed[0]].error or "failed")
-                    if choice == "retry":
-                        failed = await self._run_batch(tuple(failed))
-                    elif choice == "restore":
-                        await self._restore_anyway(failed)
-                        return await self._finish(Status.FAILED, f"stopped at {failed[0]}; restored anyway")
-                    elif choice == "abort":
-                        break
-                    else:
-                        return await self._finish(Status.FAILED, f"stopped at {failed[0]}: left drained")
-                if failed and state.aborted_by:
-                    break
-                last = index == len(self.plan.batches) - 1
-                if self.plan.canary and index == 0 and not last and not state.aborted_by:
-                    choice = await self._ask("canary", batch[0], "canary released: continue with the rest?")
-                    if choice != "continue":
-                        state.aborted_by = state.aborted_by or "canary decision"
-            if state.aborted_by:
-                return await self._finish(Status.ABORTED, f"aborted by {state.aborted_by}")
-            return await self._finish(Status.SUCCEEDED, f"all {state.released} node(s) released")
+            if self.lock is not None:
+                self._lost = asyncio.ensure_future(self.lock.wait_lost())
+            await self._update(
+                f"{self.plan.title} started by {self.plan.requester}"
+                + (f", approved by {state.approver}" if state.approver else "")
+            )
+            return await self._run()
+        except _LockLost as lost:
+            states = "; ".join(f"{a} {node_summary(n)}" for a, n in state.nodes.items())
+            return await self._finish(
+                Status.FAILED, f"release lock lost ({lost}): stopped, nothing more was written or run. {states}"
+            )
         except _Stop as stop:
             return await self._finish(Status.FAILED, str(stop))
         except StoreError as error:
             return await self._finish(Status.FAILED, f"Consul: {error.message}")
+        except Exception as error:  # a bug must not leave the release "running" with nodes drained
+            log.exception("release %s failed", self.plan.id)
+            return await self._finish(Status.FAILED, f"internal error ({type(error).__name__}: {error})")
+        finally:
+            if self._lost is not None:
+                self._lost.cancel()
+
+    async def _run(self) -> ReleaseState:
+        state = self.state
+        await self._preflight()
+        for index, batch in enumerate(self.plan.batches):
+            if state.aborted_by:
+                break
+            await self._guard(batch)
+            failed = await self._run_batch(batch)
+            if failed:
+                finished = await self._resolve(failed)
+                if finished is not None:
+                    return finished
+            last = index == len(self.plan.batches) - 1
+            if self.plan.canary and index == 0 and not last and not state.aborted_by:
+                choice = await self._ask("canary", batch[0], "canary released: continue with the rest?")
+                if choice != "continue":
+                    state.aborted_by = state.aborted_by or "canary decision"
+        if state.aborted_by:
+            return await self._finish(Status.ABORTED, f"aborted by {state.aborted_by}")
+        return await self._finish(Status.SUCCEEDED, f"all {state.released} node(s) released")
+
+    async def _resolve(self, failed: list[ServerAddress]) -> ReleaseState | None:
+        """A batch failed: ask what to do until it is settled. None: carry on with the next batch."""
+        kind = "failure"
+        while failed:
+            first = failed[0]
+            if self.state.aborted_by:
+                left = await self._recover_all(failed)
+                return await self._finish(Status.ABORTED, f"aborted by {self.state.aborted_by}" + _still(left))
+            choice = await self._ask(kind, first, self.state.nodes[first].error or "failed")
+            if choice == "retry":
+                failed, kind = await self._run_batch(tuple(failed)), "failure"
+            elif choice == "restore":
+                left = await self._recover_all(failed)
+                if not left:
+                    return await self._finish(
+                        Status.FAILED, f"stopped at {first}: started, probed healthy and restored (not released)"
+                    )
+                failed, kind = left, "restore_failed"
+            elif choice == "restore_unhealthy":
+                await self._restore_unprobed(failed)
+                return await self._finish(Status.FAILED, f"stopped at {first}: restored UNHEALTHY on request")
+            elif choice != "abort":  # leave (also the answer when nobody answers in time)
+                return await self._finish(Status.FAILED, f"stopped at {first}")
+        return None
 
     async def _finish(self, status: Status, message: str) -> ReleaseState:
         state = self.state
+        for node in state.nodes.values():
+            if node.drained and node.phase not in (Phase.FAILED, Phase.SKIPPED):  # a failed one keeps its error
+                node.phase = Phase.LEFT_DRAINED
+        left = state.left_drained
+        if left:
+            message += "; left drained: " + ", ".join(
+                f"{n.address}{' (stopped)' if n.stopped else ''}" for n in left
+            )
+        elif status is not Status.SUCCEEDED:
+            message += "; nothing is left drained"
         state.status = status
         state.message = message
         state.finished_at = self.clock.now()
-        for node in state.nodes.values():
-            if node.drained and node.phase is not Phase.FAILED:  # a failed node keeps its error on show
-                node.phase = Phase.LEFT_DRAINED
         await self._update(f"{self.plan.title}: {status.value}: {message}")
         return state
+
+    # -- the lock ------------------------------------------------------------------------------------------
+
+    def _check_lock(self) -> None:
+        if self.lock is not None and self.lock.lost:
+            raise _LockLost("its Consul session is gone or was not renewed within its TTL")
+
+    async def _guarded(self, work: Awaitable[T]) -> T:
+        """Run `work` unless the lock is lost first; when it is, `work` is cancelled (a step is stopped on
+        its node) and the release ends."""
+        try:
+            self._check_lock()
+        except _LockLost:
+            if asyncio.iscoroutine(work):
+                work.close()  # never started: close it rather than leave it un-awaited
+            raise
+        if self._lost is None:
+            return await work
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({task, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            self._check_lock()
+            raise _LockLost("its Consul session is gone or was not renewed within its TTL")
+        return task.result()
+
+    async def _sleep(self, seconds: float) -> None:
+        await self._guarded(self.clock.sleep(seconds))
 
     # -- checks before draining -------------------------------------------------------------------------
 
     async def _preflight(self) -> None:
-        """Every node's executor and health, before the first drain. Any problem: nothing is drained."""
+        """Every node's steps, executor and health, before the first drain. Any problem: nothing is drained."""
+        problems = step_problems(self.app, self.plan.steps, self.plan.version, self.plan.nodes)
+        if problems:
+            raise _Stop("preflight failed, nothing was drained: " + "; ".join(problems))
         limit = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
 
         async def check(address: ServerAddress) -> tuple[ServerAddress, str | None]:
             async with limit:
-                return address, await self.executor.check(self._target(address), self.plan.steps)
+                try:
+                    return address, await self.executor.check(self._target(address), self.plan.steps)
+                except Exception as error:  # an executor that cannot even check is a preflight problem
+                    return address, f"{type(error).__name__}: {error}"
 
         results = await asyncio.gather(*(check(a) for a in self.plan.nodes))
         problems = [f"{a}: {why}" for a, why in results if why]
@@ -155,7 +282,7 @@ class ReleaseEngine:
             if entry is None:
                 problems.append(f"{address}: no longer in {self.app.upstream}")
         view = await self.nginx.read(self.app.upstream)
-        probes = await self._probe_many([a for a in self.plan.nodes])
+        probes = await self._probe_many(list(self.plan.nodes))
         problems += [f"{a}: {why}" for a in self.plan.nodes if (why := node_healthy(a, probes, view))]
         if problems:
             raise _Stop("preflight failed, nothing was drained: " + "; ".join(problems))
@@ -163,18 +290,21 @@ class ReleaseEngine:
 
     async def _guard(self, batch: tuple[ServerAddress, ...]) -> None:
         """Never drain a batch unless another server is serving and healthy (unless forced)."""
+        self._healthy_others = []
         if self.plan.needs_second_confirmation:
             return
         upstream = await self.store.read(self.app.upstream)
         others = [s.address for s in upstream.servers if not s.drained and s.address not in batch]
         view = await self.nginx.read(self.app.upstream)
         if self._prefetch is not None:
-            await self._prefetch
+            with contextlib.suppress(Exception):
+                await self._prefetch
         probes = await self._probe_many(others, fresh_within=self._freshness)
         healthy = [a for a in others if node_healthy(a, probes, view) is None]
         if not healthy:
             names = ", ".join(str(a) for a in batch)
             raise _Stop(f"not draining {names}: no other server of {self.app.name} is serving and healthy")
+        self._healthy_others = healthy
 
     async def _probe_many(
         self, addresses: list[ServerAddress], fresh_within: float = 0.0
@@ -202,11 +332,26 @@ class ReleaseEngine:
     # -- one batch, one node ----------------------------------------------------------------------------
 
     async def _run_batch(self, batch: tuple[ServerAddress, ...]) -> list[ServerAddress]:
-        outcomes = await asyncio.gather(*(self._release_node(self.state.nodes[a]) for a in batch))
-        return [a for a, ok in zip(batch, outcomes, strict=True) if not ok]
+        """Release the batch's nodes together. A lost lock in one cancels the others (TaskGroup): nothing of
+        this release runs after it returns."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._node_work(self.state.nodes[a], batch)) for a in batch]
+        except* _Stop as stopped:
+            raise stopped.exceptions[0] from None
+        return [a for a, task in zip(batch, tasks, strict=True) if not task.result()]
 
-    def _batch_of(self, address: ServerAddress) -> tuple[ServerAddress, ...]:
-        return next((b for b in self.plan.batches if address in b), (address,))
+    async def _node_work(self, node: NodeState, batch: tuple[ServerAddress, ...]) -> bool:
+        """One node's sequence; any error but a lost lock is that node's failure, never an escape."""
+        try:
+            return await self._release_node(node, batch)
+        except (_Stop, asyncio.CancelledError):
+            raise
+        except StoreError as error:
+            return await self._fail(node, f"Consul: {error.message}")
+        except Exception as error:
+            log.exception("release %s: %s failed", self.plan.id, node.address)
+            return await self._fail(node, f"internal error ({type(error).__name__}: {error})")
 
     def _target(self, address: ServerAddress) -> StepTarget:
         return StepTarget(self.app.name, address.host, address.port, self.plan.version)
@@ -217,31 +362,30 @@ class ReleaseEngine:
 
     async def _fail(self, node: NodeState, error: str, thread: str | None = None) -> bool:
         node.phase, node.error, node.finished_at = Phase.FAILED, error, self.clock.now()
-        still = " (still drained)" if node.drained else ""
-        await self._update(f"{node.address}: FAILED: {error}{still}", thread)
+        where = " (still drained" + (", stopped)" if node.stopped else ")") if node.drained else " (serving)"
+        await self._update(f"{node.address}: FAILED: {error}{where}", thread)
         return False
 
-    def _check_lock(self) -> None:
-        if self.lock is not None and self.lock.lost:
-            raise _Stop("the release lock was lost (Consul session gone): stopping so two releases never overlap")
-
-    async def _release_node(self, node: NodeState) -> bool:
+    async def _release_node(self, node: NodeState, batch: tuple[ServerAddress, ...]) -> bool:
         node.error, node.started_at = None, self.clock.now()
         self._check_lock()
         if self.state.aborted_by:
             return True
         if not node.drained:
             await self._phase(node, Phase.DRAINING, "draining")
-            try:
-                await set_down(self.store, self.app.upstream, node.address, True)
-            except StoreError as error:
-                return await self._fail(node, f"drain failed: {error.message}; nothing else was done to it")
+            result = await self._write_down(node, True, exclude=batch)
+            if result.written is Written.ALREADY:
+                # Someone else drained it: theirs to put back. Never restore what this release did not drain.
+                await self._phase(node, Phase.SKIPPED, "drained by someone else before its turn: skipped, left drained")
+                return True
+            if not result.ok:
+                return await self._fail(node, f"drain {result.detail}; nothing else was done to it")
             node.drained = True
             await self._phase(node, Phase.DRAIN_WAIT, "drained; waiting for nginx to stop routing to it")
             left = await self._wait_nginx(node.address, routed=False)
             if left:
                 return await self._fail(node, left)
-            await self.clock.sleep(self.app.release.drain_wait)
+            await self._sleep(self.app.release.drain_wait)
         for step in self.plan.steps:
             self._check_lock()
             if self.state.aborted_by:
@@ -250,12 +394,22 @@ class ReleaseEngine:
                 return False
         return await self._probe_and_restore(node)
 
+    async def _write_down(self, node: NodeState, down: bool, exclude: tuple[ServerAddress, ...] = ()) -> WriteResult:
+        """The one write path (check-and-set, a serving witness for a drain), under the lock."""
+        self._check_lock()
+        prefer = [a for a in self._healthy_others if a not in exclude]
+        if self.plan.needs_second_confirmation and down:  # --force, confirmed twice: no serving witness needed
+            return await self._guarded(
+                write_entry(self.store, self.app.upstream, node.address, set_down_decision(node.address, True), False)
+            )
+        return await self._guarded(set_down(self.store, self.app.upstream, node.address, down, prefer, exclude))
+
     async def _run_step(self, node: NodeState, step: str) -> bool:
         await self._phase(node, Phase.STEP, f"{step} ...", step)
         node.stopped = True  # from the first step on, the node may not be serving its old version
         started = self.clock.now()
         try:
-            result = await self.executor.run(step, self._target(node.address), self._output)
+            result = await self._guarded(self.executor.run(step, self._target(node.address), self._output))
         except StepRefused as refused:
             return await self._fail(node, f"{step} refused: {refused.message}")
         node.results.append(result)
@@ -269,9 +423,9 @@ class ReleaseEngine:
         return True
 
     async def _output(self, line: OutputLine) -> None:
-        await self.notifier.emit(StepOutput(self.plan.id, line))
+        await self._emit(StepOutput(self.plan.id, line))
 
-    async def _probe_and_restore(self, node: NodeState) -> bool:
+    async def _probe_and_restore(self, node: NodeState, released: bool = True) -> bool:
         if self.app.health.url:
             await self._phase(
                 node,
@@ -281,20 +435,27 @@ class ReleaseEngine:
             failure = await self._probe_window(node.address)
             if failure:
                 return await self._fail(node, failure)
-        await self._phase(node, Phase.RESTORING, "restoring")
-        try:
-            await set_down(self.store, self.app.upstream, node.address, False)
-        except StoreError as error:
-            return await self._fail(node, f"restore failed: {error.message}")
+        return await self._restore(node, released)
+
+    async def _restore(self, node: NodeState, released: bool, note: str = "") -> bool:
+        await self._phase(node, Phase.RESTORING, f"restoring{note}")
+        result = await self._write_down(node, False)
+        if not result.ok:
+            return await self._fail(node, f"restore {result.detail}")
         node.drained = False
-        await self._phase(node, Phase.ROUTE_WAIT, "restored; waiting for nginx to route to it")
+        already = " (someone else had put it back already)" if result.written is Written.ALREADY else ""
+        await self._phase(node, Phase.ROUTE_WAIT, f"restored{already}; waiting for nginx to route to it")
         self._prefetch_guard(self._batch_of(node.address))
         problem = await self._wait_nginx(node.address, routed=True)
         if problem:
             return await self._fail(node, problem)
-        node.phase, node.finished_at = Phase.DONE, self.clock.now()
-        await self._update(f"{node.address}: released in {node.finished_at - (node.started_at or 0):.1f} s")
+        node.phase, node.finished_at = (Phase.DONE if released else Phase.RESTORED_UNRELEASED), self.clock.now()
+        took = node.finished_at - (node.started_at or 0)
+        await self._update(f"{node.address}: {'released' if released else 'restored, not released'} in {took:.1f} s")
         return True
+
+    def _batch_of(self, address: ServerAddress) -> tuple[ServerAddress, ...]:
+        return next((b for b in self.plan.batches if address in b), (address,))
 
     async def _probe_window(self, address: ServerAddress) -> str | None:
         health = self.app.health
@@ -303,7 +464,7 @@ class ReleaseEngine:
         window = HealthWindow(health.window, health.rise, self.clock.now())
         probes = 0
         while True:
-            result = await self.prober.probe(url, health.timeout)
+            result = await self._guarded(self.prober.probe(url, health.timeout))
             probes += 1
             self._health[address] = (self.clock.now(), result)
             verdict = window.record(self.clock.now(), result)
@@ -315,19 +476,19 @@ class ReleaseEngine:
                     f"(last: {result.detail})"
                 )
             # On a fixed cadence from the window's start: a probe's own time does not push the next one.
-            await self.clock.sleep(max(0.0, window.started_at + probes * health.interval - self.clock.now()))
+            await self._sleep(max(0.0, window.started_at + probes * health.interval - self.clock.now()))
 
     async def _wait_nginx(self, address: ServerAddress, routed: bool) -> str | None:
         """At least the upsync propagation time; then, where nginx reports, until it agrees."""
         nginx = self.app.nginx
-        await self.clock.sleep(nginx.propagation)
+        await self._sleep(nginx.propagation)
         if not nginx.list_url and not (routed and nginx.status_url):
             return None
         limit = max(30.0, self.app.health.window) if routed else max(30.0, 10 * nginx.propagation)
         deadline = self.clock.now() + limit
         key = str(address)
         while True:
-            view = await self.nginx.read(self.app.upstream)
+            view = await self._guarded(self.nginx.read(self.app.upstream))
             listed_ok = view.listed_down is None or view.listed_down.get(key) is (not routed)
             check = view.checks.get(key, "unknown") if view.checks is not None else None
             check_ok = not routed or check is None or check == "up"
@@ -340,46 +501,63 @@ class ReleaseEngine:
                 if not check_ok:
                     return f"nginx's check still reports it {check} after {waited}"
                 return f"cannot read nginx's view: {'; '.join(view.errors)}"
-            await self.clock.sleep(POLL)
+            await self._sleep(POLL)
 
     # -- after a failure or an abort ---------------------------------------------------------------------
 
     async def _recover(self, node: NodeState) -> bool:
-        """Aborted mid-node: start it again if a step ran, probe, and restore only if healthy."""
+        """Start the node again if a step stopped it, probe it, and restore it only if healthy."""
+        if not node.drained:
+            return True  # serving already (restored before a later wait failed): nothing to put back
+        node.error = None
         if node.stopped:
             last = self.plan.steps[-1]
-            await self._update(f"{node.address}: aborted; running {last} again before anything else")
+            await self._update(f"{node.address}: running {last} again before anything else")
             if not await self._run_step(node, last):
                 return False
-        ok = await self._probe_and_restore(node)
-        if ok:
-            node.phase = Phase.RESTORED_UNRELEASED
-        return ok
+        return await self._probe_and_restore(node, released=False)
 
-    async def _restore_anyway(self, nodes: list[ServerAddress]) -> None:
+    async def _recover_all(self, nodes: list[ServerAddress]) -> list[ServerAddress]:
+        """`_recover` each node; the ones still drained (their start or probe failed)."""
+        left = []
+        for address in nodes:
+            if not await self._node_recovery(self.state.nodes[address]):
+                left.append(address)
+        return [a for a in left if self.state.nodes[a].drained]
+
+    async def _node_recovery(self, node: NodeState) -> bool:
+        try:
+            return await self._recover(node)
+        except (_Stop, asyncio.CancelledError):
+            raise
+        except StoreError as error:
+            return await self._fail(node, f"Consul: {error.message}")
+        except Exception as error:
+            log.exception("release %s: recovering %s failed", self.plan.id, node.address)
+            return await self._fail(node, f"internal error ({type(error).__name__}: {error})")
+
+    async def _restore_unprobed(self, nodes: list[ServerAddress]) -> None:
+        """Confirmed twice by a person: back into traffic although its probe failed."""
         for address in nodes:
             node = self.state.nodes[address]
-            try:
-                await set_down(self.store, self.app.upstream, address, False)
-            except StoreError as error:
-                await self._update(f"{address}: restore failed: {error.message}")
-                continue
-            node.drained = False
-            node.phase = Phase.RESTORED_UNRELEASED
-            await self._update(f"{address}: restored anyway (it failed: {node.error})")
+            error = node.error
+            if await self._restore(node, released=False, note=" UNHEALTHY, as confirmed"):
+                node.error = f"restored unhealthy on request (it failed: {error})"
 
     async def _ask(self, kind: str, node: ServerAddress, reason: str) -> str:
         loop = asyncio.get_running_loop()
         self._decision = loop.create_future()
         self._decision_id = uuid.uuid4().hex[:12]
+        self._options = DECISION_OPTIONS[kind]
         self.state.status = Status.PAUSED
         self.state.message = reason
-        await self.notifier.emit(DecisionNeeded(self.state, kind, self._decision_id, node, reason))
+        await self._emit(DecisionNeeded(self.state, kind, self._decision_id, node, reason))
         try:
-            choice = await asyncio.wait_for(asyncio.shield(self._decision), self.decision_timeout)
+            choice = await self._guarded(asyncio.wait_for(asyncio.shield(self._decision), self.decision_timeout))
         except TimeoutError:
-            choice = "leave" if kind == "failure" else "abort"
-        self._decision_id = None
+            choice = "leave" if kind != "canary" else "abort"
+        finally:
+            self._decision_id, self._options = None, ()
         self.state.status = Status.RUNNING
         await self._update(f"{kind} decision: {choice}")
         return choice
@@ -388,4 +566,16 @@ class ReleaseEngine:
         self.state.version += 1
         if line:
             self.state.message = line if self.state.status is not Status.PAUSED else self.state.message
-        await self.notifier.emit(ReleaseUpdate(self.state, line, thread))
+        await self._emit(ReleaseUpdate(self.state, line, thread))
+
+    async def _emit(self, event: Event) -> None:
+        """Front ends must never stop a release: a notifier that fails is logged, and the next update
+        re-renders the whole state anyway."""
+        try:
+            await self.notifier.emit(event)
+        except Exception:
+            log.exception("release %s: a front end failed to show %s", self.plan.id, type(event).__name__)
+
+
+def _still(left: list[ServerAddress]) -> str:
+    return f"; {', '.join(map(str, left))} could not be restored healthy" if left else ""

@@ -12,6 +12,7 @@ from commands.interfaces import NginxView, ProbeResult
 from commands.requests import ReleaseRequest
 from commands.servers import Upstream
 from commands.settings import AppSettings
+from commands.steps import StepRefused, StepTarget, render_command, validate_target
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,29 @@ def node_healthy(address: ServerAddress, probes: dict[ServerAddress, ProbeResult
     return None
 
 
+def step_problems(
+    app: AppSettings, steps: tuple[str, ...], version: str | None, nodes: tuple[ServerAddress, ...]
+) -> list[str]:
+    """Everything the steps need, checked for every node before anything is drained: a `{version}`
+    without `--version`, a value a step would refuse. (Agent apps keep their commands on the nodes:
+    the agent's own check covers them.)"""
+    problems: list[str] = []
+    for address in nodes:
+        target = StepTarget(app.name, address.host, address.port, version)
+        try:
+            validate_target(target, app.release.version_pattern, {app.name})
+            for step in steps:
+                spec = app.release.steps.get(step)
+                if spec is None:
+                    raise StepRefused(f"{app.name} has no step `{step}`")
+                render_command(step, spec.command, target)
+        except StepRefused as refused:
+            problem = refused.message.replace("; nothing was run.", ".")
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
 def minimum_per_batch(app: AppSettings) -> float:
     """Waits no batch can avoid: drain propagation + drain_wait, the rise, restore propagation."""
     rise = (app.health.rise - 1) * app.health.interval if app.health.url else 0.0
@@ -90,6 +114,9 @@ def plan_release(
     skipped = tuple(f"{s.address}: drained before the release (left as it is)" for s in upstream.servers if s.drained)
     if not serving:
         raise UserError(f"{app.name} has no serving server to release.")
+    problems = step_problems(app, steps, request.version, tuple(sorted(serving)))
+    if problems:
+        raise UserError(f"Refused: {' '.join(problems)} Nothing was drained.")
     healthy = [a for a in serving if node_healthy(a, probes, view) is None]
     sick = {a: why for a in serving if (why := node_healthy(a, probes, view))}
     if sick:

@@ -7,6 +7,8 @@ engines (what `/release status` and `/release abort` act on).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from commands.requests import ReleaseRequest
 from commands.settings import AppSettings
 
 ExecutorFactory = Callable[[AppSettings], Executor]
+log = logging.getLogger(__name__)
 
 
 def _when(at: float) -> str:
@@ -89,24 +92,44 @@ class Releases:
         app = self.apps[plan.app]
         if plan.app in self.active:
             await self._refuse_if_running(plan.app)
+        # The executor first: one that cannot be built (an unreadable agent secret, say) must not leave
+        # the lock taken behind it.
+        try:
+            executor = self.executors(app)
+        except Exception as error:
+            raise UserError(f"{plan.title} did not start: its executor cannot be set up ({error}).") from None
         info = LockInfo(plan.app, plan.id, plan.requester, self.holder, self.clock.now())
         try:
-            lock = await self.locks.acquire(info)
-        except LockBusy as busy:
-            raise UserError(f"Refused: {held_by(busy.info, plan.app)}.") from None
-        executor = self.executors(app)
-        engine = ReleaseEngine(
-            plan, app, self.store, executor, self.prober, self.nginx, self.clock, notifier, lock=lock, approver=approver
-        )
-        self.active[plan.app] = engine
-        try:
-            state = await engine.run()
+            try:
+                lock = await self.locks.acquire(info)
+            except LockBusy as busy:
+                raise UserError(f"Refused: {held_by(busy.info, plan.app)}.") from None
+            try:
+                engine = ReleaseEngine(
+                    plan,
+                    app,
+                    self.store,
+                    executor,
+                    self.prober,
+                    self.nginx,
+                    self.clock,
+                    notifier,
+                    lock=lock,
+                    approver=approver,
+                )
+                self.active[plan.app] = engine
+                state = await engine.run()
+            finally:
+                self.active.pop(plan.app, None)
+                await asyncio.shield(lock.release())
         finally:
-            del self.active[plan.app]
-            await executor.close()
-            await lock.release()
+            with contextlib.suppress(Exception):
+                await executor.close()
         # Announced once the app is free again: whoever reads "finished" can start the next release.
-        await notifier.emit(ReleaseFinished(state))
+        try:
+            await notifier.emit(ReleaseFinished(state))
+        except Exception:
+            log.exception("cannot show the end of %s", plan.title)
         return state
 
     async def status(self, app: str) -> ReleaseStatusReport:

@@ -12,7 +12,7 @@ from commands.addresses import ServerAddress
 DEFAULTS: dict[str, int] = {"weight": 1, "max_fails": 2, "fail_timeout": 10, "down": 0}
 
 
-def _number(value: Any, default: int) -> int:
+def number(value: Any, default: int) -> int:
     """upsync takes numbers or numeric strings; true counts as 1; anything else is the default."""
     if isinstance(value, bool):
         return int(value)
@@ -58,7 +58,7 @@ class ServerEntry:
         # upsync matches field names case-insensitively.
         for key, value in self.fields.items():
             if key.lower() == name:
-                return _number(value, DEFAULTS[name])
+                return number(value, DEFAULTS[name])
         return DEFAULTS[name]
 
     @property

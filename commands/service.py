@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import replace
+from typing import Any
 
+from commands.addresses import ServerAddress
 from commands.errors import StoreError, UserError
 from commands.events import (
     AbortRequested,
@@ -35,7 +37,7 @@ from commands.plans import (
 )
 from commands.probing import probe_nodes
 from commands.release_plan import ReleasePlan
-from commands.release_state import Status
+from commands.release_state import Phase, Status
 from commands.releases import Releases, held_by
 from commands.requests import (
     AddRequest,
@@ -51,9 +53,10 @@ from commands.requests import (
     UndrainRequest,
     WatchRequest,
 )
-from commands.servers import Upstream
+from commands.servers import ServerEntry, Upstream
 from commands.settings import AppSettings
 from commands.watch import Incident, WatchControl
+from commands.writes import Written, delete_entry, write_entry
 
 
 class Outcome(enum.Enum):
@@ -307,6 +310,46 @@ class CommandService:
 
     # -- planning -------------------------------------------------------------------------------
 
+    # -- operators and a running release ------------------------------------------------------------
+
+    def _release_refusal(self, app: str, address: ServerAddress) -> str | None:
+        """Why a manual drain/undrain/remove of `address` must wait: the release has it in hand right now
+        (between its drain and its restore, or waiting for a decision about it)."""
+        engine = self.releases.engine(app) if self.releases else None
+        if engine is None or engine.state.status.finished:
+            return None
+        node = engine.state.nodes.get(address)
+        if node is None or node.phase in (Phase.WAITING, Phase.DONE, Phase.SKIPPED, Phase.RESTORED_UNRELEASED):
+            return None
+        if node.phase is Phase.FAILED and not node.drained:
+            return None
+        return (
+            f"{address} is being released right now ({node.label}) by {engine.plan.title}, started by "
+            f"<@{engine.plan.requester}>; wait for it, answer its question, or `/release abort {app}`"
+        )
+
+    async def _release_note(self, app: str, address: ServerAddress, drain: bool) -> str | None:
+        """What a person acting on `address` should know about a release of `app` (refuses while the
+        release has the node in hand)."""
+        refusal = self._release_refusal(app, address)
+        if refusal:
+            raise UserError(f"Refused: {refusal}. Nothing was changed.")
+        engine = self.releases.engine(app) if self.releases else None
+        if engine is None:
+            holder = await self.releases.locks.holder(app) if self.releases else None
+            if holder is None:
+                return None
+            return f"{held_by(holder, app)}; a node drained before its turn is skipped and left drained"
+        node = engine.state.nodes.get(address)
+        batches = engine.plan.batches
+        if node is None:
+            return f"a release of {app} is running; {address} is not part of it"
+        where = next((i for i, b in enumerate(batches, 1) if address in b), 0)
+        if node.phase is Phase.WAITING:
+            then = "; drained now, the release skips it and leaves it drained" if drain else ""
+            return f"a release of {app} is running; {address} is in batch {where} of {len(batches)}{then}"
+        return f"a release of {app} is running; {address} was in batch {where} of {len(batches)} ({node.label})"
+
     def _nothing_to_do(self, request: Request) -> str:
         if isinstance(request, DrainRequest):
             return f"{request.address} is already drained everywhere it is listed; nothing to do."
@@ -338,6 +381,9 @@ class CommandService:
         changes, warnings, empties = [], [], []
         for app, upstream, entry in found:
             assert entry is not None
+            note = await self._release_note(app.name, address, drain)
+            if note:
+                warnings.append(note)
             if entry.drained == drain:
                 warnings.append(f"{app.name}: already {'drained' if drain else 'serving'}")
                 continue
@@ -406,6 +452,7 @@ class CommandService:
                 f"Refused: removing {request.address} would leave {app.name} with no serving server. "
                 f"Undrain or add another server first."
             )
+        note = await self._release_note(app.name, request.address, True)
         change = KeyChange(app.name, app.upstream, request.address, entry, None, serving, total)
         wait = app.nginx.propagation + app.release.drain_wait
         steps = (
@@ -413,7 +460,9 @@ class CommandService:
             if not entry.drained
             else "it is drained already: it is removed at once"
         )
-        return ChangePlan("remove", request.address, requester, (change,), warnings=(steps,))
+        return ChangePlan(
+            "remove", request.address, requester, (change,), warnings=(steps, *([note] if note else []))
+        )
 
     # -- applying -------------------------------------------------------------------------------
 
@@ -429,12 +478,23 @@ class CommandService:
             unprobed = [c.app for c in plan.changes if self.apps[c.app].health.url is None]
             if unprobed:
                 await notifier.emit(Notice(f"No health.url for {', '.join(unprobed)}: undrained without a probe."))
-        results = []
+        results: list[ChangeResult] = []
         for change in plan.changes:
-            if plan.action == "remove":
-                results.append(await self._apply_remove(plan, change, notifier))
-            else:
-                results.append(await self._apply_change(plan, change))
+            if results and not results[-1].ok and results[-1].detail.startswith(("unknown", "Consul")):
+                # Consul failed under the previous upstream: stop, and say exactly what was and was not done.
+                results.append(ChangeResult(change, False, "not attempted: stopped after the error above"))
+                continue
+            refusal = self._release_refusal(change.app, change.address)
+            if refusal:
+                results.append(ChangeResult(change, False, f"not written: {refusal}"))
+                continue
+            try:
+                if plan.action == "remove":
+                    results.append(await self._apply_remove(plan, change, notifier))
+                else:
+                    results.append(await self._apply_change(plan, change))
+            except StoreError as error:
+                results.append(ChangeResult(change, False, f"Consul: {error.message}; not changed"))
         event = ChangeApplied(plan, actor, tuple(results), self.clock.now())
         if plan.action == "drain" and self.watches is not None:
             for result in results:
@@ -467,18 +527,23 @@ class CommandService:
         return None
 
     async def _apply_change(self, plan: ChangePlan, change: KeyChange) -> ChangeResult:
-        """Check-and-set one entry. The state confirmed is the state written over, or nothing is written."""
-        for _ in range(CAS_ATTEMPTS):
-            upstream = await self.store.read(change.upstream)
-            current = upstream.find(change.address)
-            refusal = self._still_valid(plan, change, upstream)
-            if refusal:
-                return ChangeResult(change, False, refusal)
-            assert change.after is not None
-            cas = current.modify_index if current is not None else 0
-            if await self.store.write(change.upstream, change.address, change.after, cas):
-                return ChangeResult(change, True, _done_text(plan.action, change))
-        return ChangeResult(change, False, f"not written: {change.address} kept changing ({CAS_ATTEMPTS} attempts)")
+        """The one write path: check-and-set, the guard re-checked at write time (a serving witness in the
+        same transaction), and a lost answer read back. The state confirmed is the state written over."""
+
+        def decide(upstream: Upstream, current: ServerEntry | None) -> dict[str, Any] | str | None:
+            return self._still_valid(plan, change, upstream) or change.after
+
+        keep_serving = plan.action in ("drain", "remove") and not plan.force
+        result = await write_entry(self.store, change.upstream, change.address, decide, keep_serving)
+        if result.written is Written.APPLIED:
+            lost = " (its answer was lost; confirmed by reading it back)" if "read" in result.detail else ""
+            return ChangeResult(change, True, _done_text(plan.action, change) + lost)
+        if result.written is Written.REFUSED:
+            detail = result.detail if result.detail.startswith("not") else f"not written: {result.detail}"
+            return ChangeResult(change, False, detail)
+        if result.written is Written.ALREADY:
+            return ChangeResult(change, True, "nothing to change")
+        return ChangeResult(change, False, result.detail)
 
     def _still_valid(self, plan: ChangePlan, change: KeyChange, upstream: Upstream) -> str | None:
         """Why the confirmed change may no longer be written, or None."""
@@ -522,8 +587,11 @@ class CommandService:
             current = upstream.find(change.address)
             if refusal or current is None:
                 return ChangeResult(change, False, refusal or "already removed by someone else")
-            if await self.store.delete(change.upstream, change.address, current.modify_index):
+            result = await delete_entry(self.store, change.upstream, change.address, current)
+            if result.written is Written.APPLIED:
                 return ChangeResult(change, True, _done_text("remove", change))
+            if result.written is Written.UNKNOWN:
+                return ChangeResult(change, False, result.detail)
         return ChangeResult(change, False, f"not removed: {change.address} kept changing ({CAS_ATTEMPTS} attempts)")
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from commands.addresses import ServerAddress
-from commands.errors import StoreUnavailable
+from commands.errors import StoreUnavailable, StoreUncertain
 from commands.interfaces import NginxView, ProbeResult
 from commands.servers import DEFAULTS, ServerEntry, Upstream
 from commands.steps import OutputLine, StepResult, StepTarget
@@ -29,7 +29,9 @@ class FakeClock:
 
 class FakeStore:
     """One upstream in memory. `conflicts`: how many writes answer "changed" (CAS false) first.
-    `unreachable_after`: writes that succeed before every call raises StoreUnavailable."""
+    `unreachable_after`: writes that succeed before every call raises StoreUnavailable.
+    `lost_answers`: how many writes commit and then raise StoreUncertain (the answer was lost).
+    `before_write`: a hook run between the writer's read and its write (someone acting at once)."""
 
     def __init__(self, upstream: str, addresses: Sequence[str], drained: Sequence[str] = ()) -> None:
         self.upstream = upstream
@@ -40,6 +42,8 @@ class FakeStore:
         self.conflicts = 0
         self.unreachable_after: int | None = None
         self.writes: list[tuple[str, int]] = []
+        self.lost_answers = 0
+        self.before_write: Any = None
 
     def down(self, address: str) -> bool:
         return bool(self.entries[ServerAddress.parse(address)][0]["down"])
@@ -53,8 +57,25 @@ class FakeStore:
         servers = tuple(ServerEntry(a, dict(f), i) for a, (f, i) in sorted(self.entries.items()))
         return Upstream(upstream, servers, self.index)
 
-    async def write(self, upstream: str, address: ServerAddress, fields: dict[str, Any], cas: int) -> bool:
+    def set(self, address: str, down: bool) -> None:
+        """Someone else (an operator, curl) writes the entry."""
+        key = ServerAddress.parse(address)
+        fields, _ = self.entries[key]
+        self.index += 1
+        self.entries[key] = ({**fields, "down": int(down)}, self.index)
+
+    async def write(
+        self,
+        upstream: str,
+        address: ServerAddress,
+        fields: dict[str, Any],
+        cas: int,
+        witnesses: Mapping[ServerAddress, int] | None = None,
+    ) -> bool:
         self._reachable()
+        if self.before_write is not None:
+            hook, self.before_write = self.before_write, None
+            hook()
         if self.conflicts > 0:
             self.conflicts -= 1
             current, _ = self.entries[address]
@@ -63,9 +84,14 @@ class FakeStore:
             return False
         if self.entries[address][1] != cas:
             return False
+        if any(self.entries[w][1] != index for w, index in (witnesses or {}).items()):
+            return False  # a witness changed: the transaction is refused as a whole
         self.index += 1
         self.entries[address] = (dict(fields), self.index)
         self.writes.append((str(address), int(fields["down"])))
+        if self.lost_answers > 0:
+            self.lost_answers -= 1
+            raise StoreUncertain("Consul did not answer the write within 5 s (it may have been applied).")
         return True
 
     async def delete(self, upstream: str, address: ServerAddress, cas: int) -> bool:
@@ -134,3 +160,24 @@ class FakeNginx:
             listed[node] = False
         checks = {str(a): ("down" if str(a) in self.checks_down else "up") for a in self.store.entries}
         return NginxView(checks=checks, listed_down=listed)
+
+
+class FakeLock:
+    """A release lock whose loss a test decides (the real one is tested against the Consul stand-in)."""
+
+    def __init__(self) -> None:
+        self._lost = asyncio.Event()
+        self.released = False
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def lose(self) -> None:
+        self._lost.set()
+
+    async def wait_lost(self) -> None:
+        await self._lost.wait()
+
+    async def release(self) -> None:
+        self.released = True

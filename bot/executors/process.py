@@ -76,6 +76,8 @@ async def run_process(
     except asyncio.CancelledError:
         await asyncio.shield(_kill_group(process))
         pumps.cancel()
+        # Collect the readers' own cancellation, so it is not logged as "exception never retrieved".
+        pumps.add_done_callback(lambda done: done.cancelled() or done.exception())
         raise
     # A background child that kept the pipes open must not hold the step: drain briefly, then stop reading.
     try:
