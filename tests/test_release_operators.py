@@ -43,7 +43,8 @@ DEADLINE = 30.0
 
 def gated(gate: Path, marker: str) -> str:
     """A deploy step that waits (bounded: 20 s) until the test creates `gate`; `marker` finds it in ps."""
-    loop = f'i=0; while [ ! -e {shlex.quote(str(gate))} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e {shlex.quote(str(gate))} ]'
+    path = shlex.quote(str(gate))
+    loop = f"i=0; while [ ! -e {path} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; [ -e {path} ]"
     return f"sh -c {shlex.quote(loop)} {marker}"
 
 
@@ -81,7 +82,11 @@ async def rig(consul: Consul, services: list[int], tmp_path: Path) -> AsyncItera
         ReleaseSettings(
             executor="local",
             drain_wait=0.1,
-            steps={"stop": StepSpec("true", 10), "deploy": StepSpec(gated(gate, marker), 30), "start": StepSpec("true", 10)},
+            steps={
+                "stop": StepSpec("true", 10),
+                "deploy": StepSpec(gated(gate, marker), 30),
+                "start": StepSpec("true", 10),
+            },
         ),
     )
     store = ConsulStore((consul.url,))
