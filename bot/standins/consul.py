@@ -6,11 +6,23 @@ nginx-upsync-module use.
   base64 in JSON answers; `X-Consul-Index` on every KV answer; 404 for a missing key or empty prefix.
 - Sessions: create (TTL 10s..86400s, Behavior release|delete, LockDelay), renew, destroy, info,
   list; an expired session releases (or deletes) its locks.
+- Transactions (`PUT /v1/txn`): every KV verb (set, cas, lock, unlock, get, get-or-empty, get-tree,
+  check-index, check-session, check-not-exists, delete, delete-tree, delete-cas), all or nothing,
+  one index for all its writes; 200 {"Results", "Errors": null} or 409 {"Results": null, "Errors":
+  [{"OpIndex", "What"}]} with Consul's texts; 413 over 128 operations or a value over 512 KiB; 400 for
+  a body that does not parse. Node/Service/Check operations are not modelled (400).
 - status/leader and status/peers.
 - ACL: when `token` is set, a request without it gets 403 `Permission denied`, with another token
   403 `ACL not found` (header `X-Consul-Token` or `?token=`).
-- Faults for tests and benchmarks: `delay` (seconds before every answer) and `leaderless` (500
-  `No cluster leader`), settable in process or with `PUT /_standin/faults` {"delay": 2}.
+- Faults for tests and benchmarks, settable in process (`standin.faults`) or with
+  `PUT /_standin/faults` {"delay": 2}:
+  `delay` seconds before every answer (lowering it releases requests already waiting);
+  `leaderless`: 500 `No cluster leader`, nothing applied;
+  `late_writes` seconds to wait AFTER applying a KV PUT/DELETE or a txn, before answering (an answer
+  lost after the write was committed, once the client's timeout is shorter);
+  `drop_writes`: apply a KV PUT/DELETE or txn, then close the connection without an answer;
+  `status` (with `body`): answer every request with that status, nothing applied (e.g. 429).
+- `write_requests` counts the KV PUT/DELETE and txn requests that arrived (whatever the faults did).
 """
 
 from __future__ import annotations
@@ -18,16 +30,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import copy
+import dataclasses
 import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 MAX_WAIT = 600.0
 DEFAULT_WAIT = 300.0
+KV_MAX_VALUE_SIZE = 512 * 1024  # Consul's default kv_max_value_size (and txn_max_req_len)
+TXN_MAX_OPS = 128
+FAULT_STEP = 0.05  # how often a fault's wait looks at the fault again (so it can be lowered)
+FAULT_MAX_WAIT = 3600.0
+TXN_WRITE_VERBS = frozenset({"set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas"})
 
 
 @dataclass
@@ -56,6 +76,29 @@ class _Session:
 class Faults:
     delay: float = 0.0
     leaderless: bool = False
+    late_writes: float = 0.0
+    drop_writes: bool = False
+    status: int = 0
+    body: str = ""
+
+
+class _TxnFailed(Exception):
+    """One transaction operation failed; its text is Consul's `What`."""
+
+
+class _TooLarge(Exception):
+    """A transaction value over the size limit (413)."""
+
+
+def _json_list(raw: bytes) -> list[object]:
+    body = json.loads(raw or b"null")  # a JSONDecodeError is a ValueError: 400, as Consul
+    if not isinstance(body, list):
+        raise ValueError("the body is not a JSON array of operations")
+    return body
+
+
+def _go_quote(text: str) -> str:
+    return json.dumps(text)  # close enough to Go's %q for the keys and ids used here
 
 
 def _duration(text: str) -> float:
@@ -64,6 +107,12 @@ def _duration(text: str) -> float:
         raise ValueError(text)
     unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
     return float(match.group(1)) * unit
+
+
+def _is_write(request: web.Request) -> bool:
+    if request.path == "/v1/txn":
+        return request.method == "PUT"
+    return request.path.startswith("/v1/kv/") and request.method in ("PUT", "DELETE")
 
 
 @dataclass
@@ -77,6 +126,7 @@ class ConsulStandIn:
         self.sessions: dict[str, _Session] = {}
         self.index = 1
         self.requests = 0
+        self.write_requests = 0
         self._changed: asyncio.Condition | None = None
 
     # -- state -----------------------------------------------------------------------------------
@@ -142,6 +192,7 @@ class ConsulStandIn:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_route("*", "/v1/kv/{key:.*}", self._kv)
+        app.router.add_put("/v1/txn", self._txn)
         app.router.add_put("/v1/session/create", self._session_create)
         app.router.add_put("/v1/session/destroy/{id}", self._session_destroy)
         app.router.add_put("/v1/session/renew/{id}", self._session_renew)
@@ -158,10 +209,15 @@ class ConsulStandIn:
         self.requests += 1
         if request.path.startswith("/_standin/"):
             return await handler(request)
+        writes = _is_write(request)
+        if writes:
+            self.write_requests += 1
         if self.faults.delay:
-            await asyncio.sleep(self.faults.delay)
+            await self._wait_fault(lambda: self.faults.delay)
         if self.faults.leaderless:
             return web.Response(status=500, text="No cluster leader")
+        if self.faults.status:
+            return web.Response(status=self.faults.status, text=self.faults.body)
         if self.token is not None:
             given = request.headers.get("X-Consul-Token") or request.query.get("token")
             if not given:
@@ -170,16 +226,34 @@ class ConsulStandIn:
                 return web.Response(status=403, text="ACL not found")
         if self._expire_sessions():
             await self._notify()
-        return await handler(request)
+        response = await handler(request)
+        if writes and self.faults.drop_writes:
+            # Applied, and the answer never leaves: the client sees the connection close.
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
+        if writes and self.faults.late_writes:
+            await self._wait_fault(lambda: self.faults.late_writes)
+        return response
+
+    async def _wait_fault(self, seconds: Callable[[], float]) -> None:
+        """Wait as long as the fault says, looking again every step: lowering it ends the wait."""
+        started = time.monotonic()
+        for _ in range(int(FAULT_MAX_WAIT / FAULT_STEP)):
+            left = min(seconds(), FAULT_MAX_WAIT) - (time.monotonic() - started)
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, FAULT_STEP))
 
     async def _ready(self, request: web.Request) -> web.Response:
         return web.json_response(True)  # answered without the injected faults: "the process is up"
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.faults.delay = float(body.get("delay", self.faults.delay))
-        self.faults.leaderless = bool(body.get("leaderless", self.faults.leaderless))
-        return web.json_response({"delay": self.faults.delay, "leaderless": self.faults.leaderless})
+        for name, current in dataclasses.asdict(self.faults).items():
+            if name in body:
+                setattr(self.faults, name, type(current)(body[name]))
+        return web.json_response(dataclasses.asdict(self.faults))
 
     async def _kv(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
@@ -259,6 +333,10 @@ class ConsulStandIn:
     async def _kv_put(self, request: web.Request, key: str) -> web.Response:
         query = request.query
         body = await request.read()
+        if len(body) > KV_MAX_VALUE_SIZE:
+            return web.Response(
+                status=413, text=f"Request body({len(body)} bytes) too large, max size: {KV_MAX_VALUE_SIZE} bytes."
+            )
         entry = self.kv.get(key)
         flags = int(query.get("flags", entry.flags if entry else 0))
         if "cas" in query:
@@ -308,6 +386,174 @@ class ConsulStandIn:
             self.tombstones[k] = self._bump()
         await self._notify()
         return web.json_response(True)
+
+    # -- transactions (/v1/txn), after Consul's agent/txn_endpoint.go and state/txn.go ---------------
+
+    async def _txn(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        if len(raw) > KV_MAX_VALUE_SIZE:
+            return web.Response(
+                status=413, text=f"Request body({len(raw)} bytes) too large, max size: {KV_MAX_VALUE_SIZE} bytes."
+            )
+        try:
+            ops = [self._txn_op(op) for op in _json_list(raw)]
+        except ValueError as error:
+            return web.Response(status=400, text=f"Failed to parse body: {error}")
+        except _TooLarge as error:
+            return web.Response(status=413, text=str(error))
+        if len(ops) > TXN_MAX_OPS:
+            return web.Response(
+                status=413, text=f"Transaction contains too many operations ({len(ops)} > {TXN_MAX_OPS})"
+            )
+        writes = any(op is not None and op["verb"] in TXN_WRITE_VERBS for op in ops)
+        # All or nothing: run on the live state, put the saved copy back if any operation failed.
+        saved_kv, saved_tombstones, saved_index = copy.deepcopy(self.kv), dict(self.tombstones), self.index
+        index = self._bump() if writes else self.index  # one Raft index for the whole transaction
+        results: list[dict[str, object]] = []
+        errors: list[dict[str, object]] = []
+        for number, op in enumerate(ops):
+            try:
+                if op is None:
+                    raise _TxnFailed("no operation specified")
+                results.extend({"KV": item} for item in self._txn_kv(op, index))
+            except _TxnFailed as error:
+                errors.append({"OpIndex": number, "What": str(error)})
+        if errors:
+            self.kv.clear()
+            self.kv.update(saved_kv)
+            self.tombstones.clear()
+            self.tombstones.update(saved_tombstones)
+            self.index = saved_index
+            return web.json_response({"Results": None, "Errors": errors}, status=409)
+        headers = {} if writes else {"X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
+        if writes:
+            await self._notify()
+        return web.json_response({"Results": results, "Errors": None}, headers=headers)
+
+    def _txn_op(self, op: object) -> dict[str, object] | None:
+        """One operation in API form to its fields (None: no KV/Node/Service/Check in it)."""
+        if not isinstance(op, dict):
+            raise ValueError("an operation is not a JSON object")
+        kinds = {str(k).lower(): v for k, v in op.items()}  # Consul decodes field names case-insensitively
+        if any(kinds.get(k) is not None for k in ("node", "service", "check")):
+            raise ValueError("the stand-in models KV operations only")
+        kv = kinds.get("kv")
+        if kv is None:
+            return None
+        if not isinstance(kv, dict):
+            raise ValueError("KV is not a JSON object")
+        fields = {str(k).lower(): v for k, v in kv.items()}
+        value = b""
+        if fields.get("value") is not None:
+            try:
+                value = base64.b64decode(str(fields["value"]), validate=True)
+            except ValueError as error:
+                raise ValueError(f"failed to decode value: {error}") from None
+        key = str(fields.get("key") or "")
+        if len(value) > KV_MAX_VALUE_SIZE:
+            raise _TooLarge(f"Value for key {_go_quote(key)} is too large ({len(value)} > {KV_MAX_VALUE_SIZE} bytes)")
+        return {
+            "verb": str(fields.get("verb") or ""),
+            "key": key,
+            "value": value,
+            "flags": int(fields.get("flags") or 0),
+            "index": int(fields.get("index") or 0),
+            "session": str(fields.get("session") or ""),
+        }
+
+    def _txn_result(self, key: str, entry: _Entry, with_value: bool) -> dict[str, object]:
+        item = self._entry_json(key, entry)
+        if not with_value:
+            item["Value"] = None  # Consul blanks values in results of every verb but the gets
+        return item
+
+    def _txn_set(self, key: str, value: bytes, flags: int, index: int, session: str | None = None) -> _Entry:
+        entry = self.kv.get(key)
+        if entry is None:
+            entry = self.kv[key] = _Entry(value, flags, index, index)
+        else:
+            entry.value, entry.flags, entry.modify_index = value, flags, index
+        if session is not None:
+            entry.session = session or None
+        self.tombstones.pop(key, None)
+        return entry
+
+    def _txn_delete(self, key: str, index: int) -> None:
+        if self.kv.pop(key, None) is not None:
+            self.tombstones[key] = index
+
+    def _txn_kv(self, op: dict[str, object], index: int) -> list[dict[str, object]]:
+        verb, key, session = str(op["verb"]), str(op["key"]), str(op["session"])
+        value, flags, wanted = bytes(op["value"]), int(op["flags"]), int(op["index"])  # type: ignore[arg-type]
+        entry = self.kv.get(key)
+        quoted = _go_quote(key)
+        if verb == "set":
+            return [self._txn_result(key, self._txn_set(key, value, flags, index), False)]
+        if verb == "cas":
+            if (wanted == 0 and entry is not None) or (wanted != 0 and (entry is None or entry.modify_index != wanted)):
+                raise _TxnFailed(f"failed to set key {quoted}, index is stale")
+            return [self._txn_result(key, self._txn_set(key, value, flags, index), False)]
+        if verb in ("lock", "unlock"):
+            if not session:
+                raise _TxnFailed("missing session")
+            if verb == "lock":
+                if session not in self.sessions:
+                    raise _TxnFailed(f"invalid session {_go_quote(session)}")
+                if entry is not None and entry.session and entry.session != session:
+                    raise _TxnFailed(f"failed to lock key {quoted}, lock is already held")
+                newly = entry is None or entry.session != session
+                entry = self._txn_set(key, value, flags, index, session)
+                if newly:
+                    entry.lock_index += 1
+            else:
+                if entry is None or entry.session != session:
+                    raise _TxnFailed(f"failed to unlock key {quoted}, lock isn't held, or is held by another session")
+                entry = self._txn_set(key, value, flags, index, "")
+            return [self._txn_result(key, entry, False)]
+        if verb == "get":
+            if entry is None:
+                raise _TxnFailed(f"key {quoted} doesn't exist")
+            return [self._txn_result(key, entry, True)]
+        if verb == "get-or-empty":
+            empty = _Entry(b"", 0, 0, 0)
+            return [self._txn_result(key, entry or empty, entry is not None)]
+        if verb == "get-tree":
+            return [self._txn_result(k, e, True) for k, e in sorted(self.kv.items()) if k.startswith(key)]
+        if verb == "check-index":
+            if entry is None:
+                raise _TxnFailed(f"failed to check index, key {quoted} doesn't exist")
+            if entry.modify_index != wanted:
+                raise _TxnFailed(
+                    f"failed index check for key {quoted}, current modify index {entry.modify_index} != {wanted}"
+                )
+            return [self._txn_result(key, entry, False)]
+        if verb == "check-session":
+            if entry is None:
+                raise _TxnFailed(f"failed to check session, key {quoted} doesn't exist")
+            if (entry.session or "") != session:
+                raise _TxnFailed(
+                    f"failed session check for key {quoted}, current session "
+                    f"{_go_quote(entry.session or '')} != {_go_quote(session)}"
+                )
+            return [self._txn_result(key, entry, False)]
+        if verb == "check-not-exists":
+            if entry is not None:
+                raise _TxnFailed(f"key {quoted} exists")
+            return []
+        if verb == "delete":
+            self._txn_delete(key, index)
+            return []
+        if verb == "delete-tree":
+            for k in [k for k in self.kv if k.startswith(key)]:
+                self._txn_delete(k, index)
+            return []
+        if verb == "delete-cas":
+            # Consul: a key that is already gone counts as deleted; a different index is stale.
+            if entry is not None and entry.modify_index != wanted:
+                raise _TxnFailed(f"failed to delete key {quoted}, index is stale")
+            self._txn_delete(key, index)
+            return []
+        raise _TxnFailed(f"unknown KV verb {_go_quote(verb)}")
 
     def _session_json(self, s: _Session) -> dict[str, object]:
         return {
