@@ -20,6 +20,7 @@ from commands.requests import (
     UndrainRequest,
     WatchRequest,
 )
+from commands.versions import DEFAULT_PATTERN, version_problem
 
 COMMANDS = ("/upstream", "/drain", "/undrain", "/release")
 
@@ -39,7 +40,7 @@ USAGE: dict[str, str] = {
     ),
 }
 
-DEFAULT_VERSION_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+DEFAULT_VERSION_PATTERN = DEFAULT_PATTERN
 _APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -198,8 +199,10 @@ def _parse_release(words: list[str]) -> Request:
         else:
             batch = int(match.group(1))
     version = flags.get("--version")
-    if version is not None and not re.match(DEFAULT_VERSION_PATTERN, version):
-        raise UsageError(f"`--version {version}` is not a version: use 1 to 64 letters, digits, `.`, `_` or `-`.")
+    # The app's own pattern is checked when the release is planned; these rules hold for every app.
+    problem = None if version is None else version_problem(version)
+    if problem:
+        raise UsageError(f"`--version`: {problem}. Give a version such as `--version 1.4.2`.")
     return ReleaseRequest(
         app=_app_name(positional[0], command),
         batch=batch,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ from commands.release_plan import ReleasePlan, plan_release
 from commands.release_state import ReleaseState
 from commands.requests import ReleaseRequest
 from commands.settings import AppSettings
+from commands.versions import version_problem
 
 ExecutorFactory = Callable[[AppSettings], Executor]
 log = logging.getLogger(__name__)
@@ -63,12 +63,9 @@ class Releases:
         self.active: dict[str, ReleaseEngine] = {}
 
     async def plan(self, app: AppSettings, request: ReleaseRequest, requester: str) -> ReleasePlan:
-        if request.version is not None:
-            if not re.fullmatch(app.release.version_pattern, request.version):
-                raise UserError(
-                    f"`--version {request.version}` does not match {app.name}'s version pattern "
-                    f"{app.release.version_pattern}."
-                )
+        problem = None if request.version is None else version_problem(request.version, app.release.version_pattern)
+        if problem:
+            raise UserError(f"Refused: `--version`: {problem} ({app.name}). Nothing was changed.")
         if not request.dry_run:
             await self._refuse_if_running(app.name)
         upstream, view = await asyncio.gather(self.store.read(app.upstream), self.nginx.read(app.upstream))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from commands.errors import UserError
 from commands.settings import AppSettings
+from commands.versions import version_problem
 
 TAIL_LINES = 20  # lines of stdout/stderr kept in a result
 LINE_CHARS = 500  # a longer line is cut: one runaway line must not fill a Slack message
@@ -58,10 +59,11 @@ def validate_target(
             ) from None
     if isinstance(target.port, bool) or not isinstance(target.port, int) or not 1 <= target.port <= 65535:
         raise StepRefused(f"`{target.port}` is not a port (1-65535); nothing was run.")
-    if target.version is not None and not re.fullmatch(version_pattern, target.version):
+    problem = None if target.version is None else version_problem(target.version, version_pattern)
+    if problem:
         raise StepRefused(
-            f"version `{target.version}` does not match {version_pattern}; nothing was run. "
-            "A version is letters, digits, `.`, `_` and `-` (or the app's release.version_pattern)."
+            f"version refused: {problem}; nothing was run. A version is letters, digits, `.`, `_` and `-` "
+            "(or what the app's release.version_pattern allows), never starting with `-`, never `.` or `..`."
         )
     return target
 

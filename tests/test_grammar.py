@@ -41,7 +41,12 @@ def test_commands_parse_into_typed_requests() -> None:
         ("/upstream", "stats app", "unknown subcommand `stats`"),
         ("/upstream", "add app 10.0.0.6:9000 weight=0", "weight is a whole number from 1"),
         ("/upstream", "add app 10.0.0.6:9000 wieght=2", "only option is `weight=N`"),
-        ("/release", "app --version 1.0;rm", "is not a version"),
+        ("/release", "app --version=--delete-all", "starts with `-`"),
+        ("/release", "app --version -x", "starts with `-`"),
+        ("/release", "app --version=-x", "starts with `-`"),
+        ("/release", "app --version ..", "names a folder"),
+        ("/release", "app --version=.", "names a folder"),
+        ("/release", "app --version ../../etc", "slash"),
         ("/release", "app --serial --batch 2", "exclude each other"),
         ("/release", "app --batch 0", "give a count"),
     ],
@@ -55,3 +60,16 @@ def test_bad_input_says_what_is_wrong_and_what_is_right(command: str, text: str,
 def test_a_line_without_slash_is_not_a_command() -> None:
     with pytest.raises(UsageError, match="commands start with"):
         parse_line("drain 10.0.0.5:9000")
+
+
+def test_an_apps_version_pattern_replaces_the_default_but_never_admits_options_or_folders() -> None:
+    from commands.steps import StepRefused, StepTarget, validate_target
+
+    semver = r"^[0-9]+\.[0-9]+\.[0-9]+(\+[a-z0-9.]+)?$"
+    assert validate_target(StepTarget("app", "10.0.0.5", 9000, "1.2.3+build.7"), semver, {"app"}).version
+    with pytest.raises(StepRefused, match="does not match"):
+        validate_target(StepTarget("app", "10.0.0.5", 9000, "1.2"), semver, {"app"})
+    anything = r".*"  # a careless pattern still cannot let these through to a step
+    for bad in ("--delete-all", "-x", ".", "..", "../x", "1 2", "1\n2"):
+        with pytest.raises(StepRefused, match="version refused"):
+            validate_target(StepTarget("app", "10.0.0.5", 9000, bad), anything, {"app"})

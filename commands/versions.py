@@ -1,0 +1,31 @@
+"""What a release version may be, whatever an app's `release.version_pattern` says.
+
+A version reaches shell commands on the nodes (shell-quoted, but quoting does not stop a command from
+reading `--delete-all` as an option, or `..` as the parent folder in `rm -rf /srv/releases/{version}`).
+So some values are refused before any pattern is consulted: the pattern can narrow, never widen, these.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_LENGTH = 128
+DEFAULT_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+def version_problem(version: str, pattern: str | None = None) -> str | None:
+    """Why `version` cannot be used (None: it can). `pattern` is the app's, checked after the rules."""
+    shown = version[:80]
+    if not version:
+        return "a version cannot be empty"
+    if version.startswith("-"):
+        return f"`{shown}` starts with `-`: a step's command would read it as an option"
+    if version in (".", ".."):
+        return f"`{shown}` names a folder (`.`/`..`), not a version"
+    if any(c in "/\\" or c.isspace() or not c.isprintable() for c in version):
+        return f"`{shown}` contains a slash, a space or a control character"
+    if len(version) > MAX_LENGTH:
+        return f"a version is at most {MAX_LENGTH} characters"
+    if pattern is not None and not re.fullmatch(pattern, version):
+        return f"`{shown}` does not match the app's version pattern {pattern}"
+    return None
