@@ -139,8 +139,8 @@ async def test_an_injection_attempt_in_the_version_is_refused_before_anything_ru
     witness = tmp_path / "injected"
     before = sshd.accepted()
     ex = executor(sshd, {"deploy": "/bin/echo {version}"})
-    with pytest.raises(StepRefused, match="does not match"):
-        await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, f"1.0; touch {witness}"))
+    with pytest.raises(StepRefused, match="version refused"):
+        await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, f"1.0;touch${{IFS}}{witness}"))
     await ex.close()
     assert not witness.exists() and sshd.accepted() == before  # not even a connection
 
@@ -158,10 +158,10 @@ async def test_values_are_shell_quoted(sshd: PrivateSshd) -> None:
         app, SshSettings(user=user(), port=sshd.port, key=str(sshd.client_key), known_hosts=str(sshd.known_hosts))
     )
     try:
-        result = await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, "a b;$(id)`x`"))
+        result = await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, "a;$(id)`x`'\"*"))
     finally:
         await ex.close()
-    assert result.stdout_tail == ("a b;$(id)`x`|",)
+    assert result.stdout_tail == ("a;$(id)`x`'\"*|",)
 
 
 async def test_one_connection_serves_every_step_of_a_release(sshd: PrivateSshd) -> None:
