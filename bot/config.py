@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from commands.settings import (
 DEFAULT_PATH = "./upstream-bot.yml"
 AGENT_SECRET_ENV = "UPSTREAM_BOT_AGENT_SECRET"
 _SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")
+_CHANNEL = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _STEP = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _EXECUTORS = ("ssh", "agent", "local")
@@ -49,6 +51,17 @@ class ConsulConfig:
 @dataclass(frozen=True)
 class SlackConfig:
     channel: str | None = None
+    channels: tuple[str, ...] | None = None  # commands are taken only here; None: any channel
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    operators: tuple[str, ...] = ()  # who may change any app (Slack user or user-group IDs)
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    keep: int = 1000  # audit entries kept per app; the oldest are pruned
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,8 @@ class Config:
     ssh_hosts: dict[str, SshOverride] = field(default_factory=dict)
     agent: AgentConfig = field(default_factory=AgentConfig)
     source: str = "<built in>"
+    access: AccessConfig = field(default_factory=AccessConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
 
 def normalise_address(address: str) -> str:
@@ -145,7 +160,9 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     if not _NAME.match(str(name)):
         reader.problem(path, "an app name is letters, digits, '.', '_' or '-' (it is typed in commands)")
     data = reader.mapping(
-        raw, path, ("upstream", "nginx", "health", "release", "approvers", "approval", "ssh", "watch")
+        raw,
+        path,
+        ("upstream", "nginx", "health", "release", "approvers", "approval", "ssh", "watch", "operators", "networks"),
     )
     upstream = reader.get(data, "upstream", path, _string, str(name))
     if "/" in upstream:
@@ -237,20 +254,18 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
         version_pattern=pattern,
     )
 
-    approvers: list[str] = []
-    raw_approvers = data.get("approvers") or []
-    if not isinstance(raw_approvers, list):
-        reader.problem(f"{path}.approvers", "expected a list of Slack IDs, e.g. [U2BOB, S0OPS]")
-        raw_approvers = []
-    for i, who in enumerate(raw_approvers):
-        if not isinstance(who, str) or not _SLACK_ID.match(who):
-            reader.problem(
-                f"{path}.approvers[{i}]",
-                f"{who!r} is not a Slack user ID (U..., W...) or user-group ID (S...); display names "
-                "are refused because anyone can change theirs",
-            )
-        else:
-            approvers.append(who)
+    approvers = _slack_ids(reader, data.get("approvers"), f"{path}.approvers") or ()
+    operators = _slack_ids(reader, data.get("operators"), f"{path}.operators")
+    networks: list[str] = []
+    raw_networks = data.get("networks") or []
+    if not isinstance(raw_networks, list):
+        reader.problem(f"{path}.networks", "expected a list of CIDRs, e.g. [10.0.0.0/8]")
+        raw_networks = []
+    for i, cidr in enumerate(raw_networks):
+        try:
+            networks.append(str(ipaddress.IPv4Network(str(cidr), strict=False)))
+        except ValueError:
+            reader.problem(f"{path}.networks[{i}]", f"{cidr!r} is not an IPv4 network such as 10.0.0.0/8")
     approval = reader.get(data, "approval", path, _choice("required", "none"), "none")
     if approval == "required" and not approvers:
         reader.problem(f"{path}.approval", "is 'required' but the app has no approvers")
@@ -263,7 +278,29 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
         drained_reminder=reader.get(w, "drained_reminder", w_path, parse_duration, 86400.0),
         concurrency=reader.get(w, "concurrency", w_path, _positive_int(1, 1000), 64),
     )
-    return AppSettings(str(name), upstream, nginx, health, release, tuple(approvers), approval, ssh, watch)
+    return AppSettings(
+        str(name), upstream, nginx, health, release, tuple(approvers), approval, ssh, watch, operators, tuple(networks)
+    )
+
+
+def _slack_ids(reader: _Reader, raw: Any, path: str) -> tuple[str, ...] | None:
+    """A list of Slack user IDs (U..., W...) or user-group IDs (S...); None when the key is absent."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        reader.problem(path, "expected a list of Slack IDs, e.g. [U2BOB, S0OPS]")
+        return ()
+    found: list[str] = []
+    for i, who in enumerate(raw):
+        if not isinstance(who, str) or not _SLACK_ID.match(who):
+            reader.problem(
+                f"{path}[{i}]",
+                f"{who!r} is not a Slack user ID (U..., W...) or user-group ID (S...); display names "
+                "are refused because anyone can change theirs",
+            )
+        else:
+            found.append(who)
+    return tuple(found)
 
 
 def _boolean(value: Any) -> bool:
@@ -283,7 +320,7 @@ def _parse_override(reader: _Reader, raw: Any, path: str) -> SshOverride:
 
 def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> Config:
     reader = _Reader()
-    top = reader.mapping(raw, "", ("consul", "slack", "apps", "ssh", "agent"))
+    top = reader.mapping(raw, "", ("consul", "slack", "apps", "ssh", "agent", "access", "history"))
 
     c = reader.mapping(top.get("consul"), "consul", ("addresses", "prefix", "timeout"))
     addresses_raw = c.get("addresses", ["http://127.0.0.1:8500"])
@@ -308,8 +345,19 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> 
         timeout=reader.get(c, "timeout", "consul", parse_duration, 5.0),
     )
 
-    s = reader.mapping(top.get("slack"), "slack", ("channel",))
-    slack = SlackConfig(channel=reader.get(s, "channel", "slack", _string, None))
+    s = reader.mapping(top.get("slack"), "slack", ("channel", "channels"))
+    channels = s.get("channels")
+    valid = isinstance(channels, list) and channels and all(isinstance(c, str) and _CHANNEL.match(c) for c in channels)
+    if channels is not None and not valid:
+        reader.problem("slack.channels", f"expected a list of Slack channel IDs such as [C0DEPLOY], got {channels!r}")
+        channels = None
+    slack = SlackConfig(
+        channel=reader.get(s, "channel", "slack", _string, None), channels=tuple(channels) if channels else None
+    )
+    x = reader.mapping(top.get("access"), "access", ("operators",))
+    access = AccessConfig(operators=_slack_ids(reader, x.get("operators"), "access.operators") or ())
+    y = reader.mapping(top.get("history"), "history", ("keep",))
+    history = HistoryConfig(keep=reader.get(y, "keep", "history", _positive_int(10, 1_000_000), 1000))
 
     apps: dict[str, AppSettings] = {}
     raw_apps = top.get("apps") or {}
@@ -343,7 +391,7 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> 
     )
     if reader.problems:
         raise ConfigError(reader.problems)
-    return Config(consul, slack, apps, ssh, ssh_hosts, agent, source)
+    return Config(consul, slack, apps, ssh, ssh_hosts, agent, source, access, history)
 
 
 def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
@@ -391,6 +439,12 @@ def environment_problems(config: Config, env: Mapping[str, str]) -> tuple[list[s
             )
         if config.agent.ca_file and not os.access(config.agent.ca_file, os.R_OK):
             problems.append(f"agent.ca_file: {config.agent.ca_file} is not a readable file")
+    for app in config.apps.values():
+        if app.operators is None and not config.access.operators:
+            notes.append(
+                f"apps.{app.name}: no operators (set access.operators or apps.{app.name}.operators): "
+                "every change to it from Slack is refused"
+            )
     if not config.slack.channel:
         notes.append(
             "slack.channel: not set; results go to the channel a command came from, and the health watch "

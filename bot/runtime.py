@@ -5,18 +5,22 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator
+from typing import TextIO
 
 import httpx
 
 from bot.clock import SystemClock
 from bot.config import Config
+from bot.consul_history import ConsulHistory
 from bot.consul_lock import ConsulLockManager
 from bot.consul_store import ConsulStore
 from bot.executors.factory import executor_for
 from bot.nginx_status import HttpNginxReader
 from bot.prober import HttpProber
 from bot.watch_scheduler import HealthWatcher
+from commands.access import AccessPolicy, Directory, ListedOnly
 from commands.interfaces import Executor
 from commands.releases import Releases
 from commands.service import CommandService
@@ -31,8 +35,14 @@ def holder_name() -> str:
 
 
 @contextlib.asynccontextmanager
-async def service_for(config: Config) -> AsyncIterator[CommandService]:
+async def service_for(
+    config: Config, directory: Directory | None = None, echo: TextIO | None = sys.stdout
+) -> AsyncIterator[CommandService]:
+    """`directory` resolves Slack user groups for the access policy (serve); `echo` gets each history
+    entry as a JSON line (None: not printed, as in the demo's terminal)."""
     store = ConsulStore(config.consul.addresses, config.consul.prefix, config.consul.token, config.consul.timeout)
+    policy = AccessPolicy(config.apps, config.access.operators, config.slack.channels, directory or ListedOnly())
+    history = ConsulHistory(store, config.history.keep, echo)
     # Probes go straight to the nodes: no proxy from the environment, no cookies kept.
     async with httpx.AsyncClient(limits=HTTP_LIMITS, trust_env=False) as client:
         prober, nginx, clock = HttpProber(client), HttpNginxReader(config.apps, client), SystemClock()
@@ -45,6 +55,6 @@ async def service_for(config: Config) -> AsyncIterator[CommandService]:
         )
         watcher = HealthWatcher(config.apps, store, prober, nginx, clock, releases)
         try:
-            yield CommandService(config.apps, store, prober, nginx, clock, releases, watcher)
+            yield CommandService(config.apps, store, prober, nginx, clock, releases, watcher, policy, history)
         finally:
             watcher.shutdown()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from commands.addresses import ServerAddress
+from commands.history import HistoryEntry
 from commands.interfaces import LockInfo, ProbeResult
 from commands.plans import ChangePlan, ChangeResult
 from commands.release_plan import ReleasePlan
@@ -197,6 +198,29 @@ class AbortRequested:
 
 
 @dataclass(frozen=True)
+class Announcement:
+    """For the whole channel (and the terminal): a change people should know of, naming who."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class WatchOffRequested:
+    """`/upstream watch app off` asks first; confirming calls `CommandService.set_watch`."""
+
+    app: str
+    requester: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryReport:
+    app: str
+    target: str | None
+    entries: tuple[HistoryEntry, ...]
+
+
+@dataclass(frozen=True)
 class AlertsReport:
     incidents: tuple[Incident, ...]
     watching: tuple[str, ...]  # apps whose watch is on
@@ -221,6 +245,9 @@ Event = (
     | AbortRequested
     | WatchEvent
     | AlertsReport
+    | Announcement
+    | WatchOffRequested
+    | HistoryReport
 )
 
 

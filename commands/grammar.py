@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from commands.addresses import ServerAddress
 from commands.errors import UsageError
@@ -11,6 +12,7 @@ from commands.requests import (
     AlertsRequest,
     DrainRequest,
     HelpRequest,
+    HistoryRequest,
     ReleaseAbortRequest,
     ReleaseRequest,
     ReleaseStatusRequest,
@@ -30,7 +32,9 @@ USAGE: dict[str, str] = {
         "`/upstream add <app> <ip:port> [weight=N]`: probe, then add the server (serving)\n"
         "`/upstream remove <app> <ip:port>`: drain, then remove the server\n"
         "`/upstream watch <app> on|off`: the health watch of an app\n"
-        "`/upstream alerts [app]`: open health incidents"
+        "`/upstream alerts [app]`: open health incidents\n"
+        "`/upstream history <app> [ip:port] [--limit N]`: who changed what, newest first\n"
+        'Every change takes `--reason "..."`, recorded in the history and shown in the channel.'
     ),
     "/drain": "`/drain <ip:port> [app] [--force]`: take a server out of traffic (asks first)",
     "/undrain": "`/undrain <ip:port> [app] [--force]`: probe, then put a server back (`--force` skips the probe)",
@@ -97,9 +101,46 @@ def _expect(command: str, positional: list[str], least: int, most: int, what: st
         raise UsageError(f"unexpected `{extra}` for {command}.\n{usage(command)}")
 
 
+REASON_CHARS = 300
+# `--reason "why"` (straight or curly quotes: Slack and phones curl them) or `--reason why` up to the next flag.
+_REASON = re.compile(
+    r"""(?:^|\s)--reason(?:=|\s+)(?:"([^"]*)"|“([^”]*)”|'([^']*)'|‘([^’]*)’|(.*?))(?=\s--|\s*$)""",  # noqa: RUF001 (curly quotes on purpose)
+    re.DOTALL,
+)
+CHANGING = (DrainRequest, UndrainRequest, AddRequest, RemoveRequest, ReleaseRequest, ReleaseAbortRequest, WatchRequest)
+
+
+def _take_reason(command: str, text: str) -> tuple[str, str | None]:
+    """The text without its `--reason`, and the reason (cleaned: one line, no control characters)."""
+    match = _REASON.search(text)
+    if match is None:
+        if re.search(r"(^|\s)--reason\s*$", text):
+            raise UsageError(f'`--reason` needs text, e.g. `--reason "disk full"`.\n{usage(command)}')
+        return text, None
+    raw = next(g for g in match.groups() if g is not None)
+    reason = " ".join("".join(c if c.isprintable() else " " for c in raw).split())
+    if not reason:
+        raise UsageError(f'`--reason` needs text, e.g. `--reason "disk full"`.\n{usage(command)}')
+    if len(reason) > REASON_CHARS:
+        raise UsageError(f"`--reason` is at most {REASON_CHARS} characters (this one has {len(reason)}).")
+    return text[: match.start()] + " " + text[match.end() :], reason
+
+
 def parse(command: str, text: str) -> Request:
     """Parse the text after a slash command (`command` is e.g. `/drain`)."""
     command = command.strip().lower()
+    if command not in USAGE:
+        raise UsageError(f"unknown command `{command}`; known: {', '.join(COMMANDS)}.")
+    text, reason = _take_reason(command, text)
+    request = _parse(command, text)
+    if reason is None:
+        return request
+    if not isinstance(request, CHANGING):
+        raise UsageError("`--reason` goes with a change (drain, undrain, add, remove, release, abort, watch).")
+    return replace(request, reason=reason)
+
+
+def _parse(command: str, text: str) -> Request:
     words = text.split()
     if command not in USAGE:
         raise UsageError(f"unknown command `{command}`; known: {', '.join(COMMANDS)}.")
@@ -163,6 +204,17 @@ def _parse_upstream(words: list[str]) -> Request:
         if positional[1].lower() not in ("on", "off"):
             raise UsageError(f"`{positional[1]}`: say `on` or `off`.\n{usage(command)}")
         return WatchRequest(_app_name(positional[0], command), positional[1].lower() == "on")
+    if sub == "history":
+        positional, flags = _split_flags(command, rest, {"--limit": True})
+        _expect(command, positional, 1, 2, "an app: `/upstream history <app> [ip:port] [--limit N]`")
+        limit = 20
+        if "--limit" in flags:
+            value = flags["--limit"]
+            if not value.isdigit() or not 1 <= int(value) <= 200:
+                raise UsageError(f"`--limit {value}`: give a number from 1 to 200.")
+            limit = int(value)
+        address = ServerAddress.parse(positional[1]) if len(positional) > 1 else None
+        return HistoryRequest(_app_name(positional[0], command), address, limit)
     if sub == "alerts":
         positional, _ = _split_flags(command, rest, {})
         _expect(command, positional, 0, 1, "at most an app")

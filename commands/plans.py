@@ -42,6 +42,7 @@ class ChangePlan:
     needs_second_confirmation: bool = False
     # Probe the server before writing (undrain, add) unless forced.
     probe_first: bool = False
+    reason: str | None = None  # --reason, recorded in the history and shown in the channel
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property

@@ -34,6 +34,7 @@ class ReleasePlan:
     approvers: tuple[str, ...] = ()
     estimated_min: float = 0.0
     waits: tuple[str, ...] = ()
+    reason: str | None = None  # --reason, recorded in the history and shown in the channel
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     @property
@@ -187,4 +188,5 @@ def plan_release(
         approvers=app.approvers,
         estimated_min=minimum_per_batch(app) * len(batches),
         waits=tuple(waits),
+        reason=request.reason,
     )

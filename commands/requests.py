@@ -23,6 +23,7 @@ class DrainRequest:
     address: ServerAddress
     app: str | None = None  # None: every configured app whose upstream lists the server
     force: bool = False
+    reason: str | None = None  # --reason "...": recorded in the history, shown in the channel
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class UndrainRequest:
     address: ServerAddress
     app: str | None = None
     force: bool = False  # skip the health probe
+    reason: str | None = None  # --reason "...": recorded in the history, shown in the channel
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,14 @@ class AddRequest:
     app: str
     address: ServerAddress
     weight: int = 1
+    reason: str | None = None  # --reason "...": recorded in the history, shown in the channel
 
 
 @dataclass(frozen=True)
 class RemoveRequest:
     app: str
     address: ServerAddress
+    reason: str | None = None  # --reason "...": recorded in the history, shown in the channel
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class ReleaseRequest:
     version: str | None = None
     dry_run: bool = False
     force: bool = False
+    reason: str | None = None  # --reason "...": recorded in the history, shown in the channel
 
 
 @dataclass(frozen=True)
@@ -64,17 +69,26 @@ class ReleaseStatusRequest:
 @dataclass(frozen=True)
 class ReleaseAbortRequest:
     app: str
+    reason: str | None = None  # --reason "...": recorded in the history, shown in the channel
 
 
 @dataclass(frozen=True)
 class WatchRequest:
     app: str
     on: bool
+    reason: str | None = None  # --reason "...": recorded in the history, shown in the channel
 
 
 @dataclass(frozen=True)
 class AlertsRequest:
     app: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    app: str
+    address: ServerAddress | None = None
+    limit: int = 20
 
 
 Request = (
@@ -89,6 +103,7 @@ Request = (
     | ReleaseAbortRequest
     | WatchRequest
     | AlertsRequest
+    | HistoryRequest
 )
 
 # Requests that change Consul: they are planned, confirmed, then applied.

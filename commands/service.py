@@ -7,15 +7,18 @@ import enum
 from dataclasses import replace
 from typing import Any
 
+from commands.access import AccessPolicy, mention
 from commands.addresses import ServerAddress
 from commands.errors import StoreError, UserError
 from commands.events import (
     AbortRequested,
     AlertsReport,
+    Announcement,
     ApprovalRequested,
     ChangeApplied,
     ConfirmationNeeded,
     Help,
+    HistoryReport,
     Notice,
     Notifier,
     Problem,
@@ -23,8 +26,10 @@ from commands.events import (
     ReleasePlanned,
     ServerStatus,
     StatusReport,
+    WatchOffRequested,
 )
 from commands.grammar import usage
+from commands.history import History, HistoryEntry, NoHistory, iso, where_of
 from commands.interfaces import Clock, NginxReader, NginxView, Prober, UpstreamStore
 from commands.plans import (
     CAS_ATTEMPTS,
@@ -36,6 +41,7 @@ from commands.plans import (
     serving_after,
 )
 from commands.probing import probe_nodes
+from commands.release_engine import node_summary
 from commands.release_plan import ReleasePlan
 from commands.release_state import Phase, Status
 from commands.releases import Releases, held_by
@@ -44,6 +50,7 @@ from commands.requests import (
     AlertsRequest,
     DrainRequest,
     HelpRequest,
+    HistoryRequest,
     ReleaseAbortRequest,
     ReleaseRequest,
     ReleaseStatusRequest,
@@ -80,9 +87,14 @@ class CommandService:
         clock: Clock,
         releases: Releases | None = None,
         watches: WatchControl | None = None,
+        policy: AccessPolicy | None = None,
+        history: History | None = None,
     ) -> None:
         self.releases = releases
         self.watches = watches
+        # No policy given: nobody but the local user may change anything (safe by default).
+        self.policy = policy or AccessPolicy(apps)
+        self.history: History = history or NoHistory()
         self.apps = apps
         self.store = store
         self.prober = prober
@@ -104,7 +116,11 @@ class CommandService:
             return Outcome.FAILED
 
     async def confirm(self, plan: ChangePlan, stage: int, actor: str, notifier: Notifier) -> Outcome:
-        """The requester (or an approver) confirmed `plan` at `stage`."""
+        """Someone pressed Confirm on `plan` at `stage`: the policy is asked again, at press time."""
+        refusal = await self.policy.change_refusal(actor, [c.app for c in plan.changes], plan.action)
+        if refusal:
+            await notifier.emit(Problem(refusal))
+            return Outcome.REFUSED
         if plan.needs_second_confirmation and stage < 2:
             await notifier.emit(ConfirmationNeeded(plan, stage=2))
             return Outcome.PENDING
@@ -129,23 +145,72 @@ class CommandService:
                 if plan is None:
                     await notifier.emit(Notice(self._nothing_to_do(request)))
                     return Outcome.DONE
-                if isinstance(request, UndrainRequest) and not request.force:
-                    # The probe guards an undrain; a forced one (no probe) is confirmed first.
-                    return await self._apply(plan, requester, notifier)
+                await self._may_change(requester, [c.app for c in plan.changes], plan.action)
+                if plan.action == "add" and plan.probe_first:
+                    # Probed before the question, so the question shows what the new server answers.
+                    failed = await self._probe_before_write(plan)
+                    if failed:
+                        raise UserError(failed)
+                    plan = replace(plan, warnings=(*plan.warnings, "probe: passed just now"))
                 await notifier.emit(ConfirmationNeeded(plan))
                 return Outcome.PENDING
             case ReleaseRequest() | ReleaseStatusRequest() | ReleaseAbortRequest():
                 return await self._release_request(request, requester, notifier)
             case WatchRequest(app=name, on=on):
                 app = self.app(name)
+                await self._may_change(requester, [app.name], "turn the watch of")
                 if self.watches is None:
                     raise UserError("The health watch does not run in this process; nothing was changed.")
-                await notifier.emit(Notice(self.watches.set_enabled(app.name, on)))
-                return Outcome.DONE
+                if not on:
+                    await notifier.emit(WatchOffRequested(app.name, requester, request.reason))
+                    return Outcome.PENDING
+                return await self.set_watch(app.name, True, requester, request.reason, notifier)
             case AlertsRequest(app=name):
                 await notifier.emit(self.alerts(name))
                 return Outcome.DONE
+            case HistoryRequest(app=name, address=address, limit=limit):
+                app = self.app(name)
+                target = str(address) if address else None
+                entries = await self.history.entries(app.name, target, limit)
+                await notifier.emit(HistoryReport(app.name, target, tuple(entries)))
+                return Outcome.DONE
         raise UserError(f"unsupported request {request!r}")
+
+    async def set_watch(self, app: str, on: bool, who: str, reason: str | None, notifier: Notifier) -> Outcome:
+        """Turn the watch of `app` on or off (off was confirmed); announced in the channel, naming who."""
+        await self._may_change(who, [app], "turn the watch of")
+        if self.watches is None:
+            raise UserError("The health watch does not run in this process; nothing was changed.")
+        text = self.watches.set_enabled(app, on)
+        await self.record(notifier, app, f"watch.{'on' if on else 'off'}", who, reason=reason, outcome=text)
+        why = f" ({reason})" if reason else ""
+        state = "on" if on else "OFF"
+        await notifier.emit(Announcement(f"Health watch of {app} turned {state} by {mention(who)}{why}."))
+        return Outcome.DONE
+
+    async def _may_change(self, who: str, apps: list[str], what: str) -> None:
+        refusal = await self.policy.change_refusal(who, apps, what)
+        if refusal:
+            raise UserError(refusal)
+
+    async def record(
+        self,
+        notifier: Notifier,
+        app: str,
+        what: str,
+        who: str,
+        target: str = "",
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+        reason: str | None = None,
+        force: bool = False,
+        outcome: str | None = None,
+    ) -> None:
+        """One audit entry; `where` is the channel or the terminal the notifier speaks to."""
+        entry = HistoryEntry(
+            app, what, who, where_of(notifier), target, iso(self.clock.now()), before, after, reason, force, outcome
+        )
+        await self.history.record(entry)
 
     # -- releases ---------------------------------------------------------------------------------
 
@@ -166,6 +231,7 @@ class CommandService:
             await notifier.emit(await releases.status(app.name))
             return Outcome.DONE
         if isinstance(request, ReleaseAbortRequest):
+            await self._may_change(requester, [app.name], "abort a release of")
             engine = releases.engine(app.name)
             if engine is None:
                 holder = await releases.locks.holder(app.name)
@@ -174,6 +240,8 @@ class CommandService:
                 raise UserError(f"{held_by(holder, app.name)}; abort it from the bot instance that runs it.")
             await notifier.emit(AbortRequested(app.name, engine.plan.id, requester))
             return Outcome.PENDING
+        if not request.dry_run:
+            await self._may_change(requester, [app.name], "release")
         plan = await releases.plan(app, request, requester)
         if plan.dry_run:
             await notifier.emit(ReleaseDryRun(plan))
@@ -183,6 +251,10 @@ class CommandService:
 
     async def start_release(self, plan: ReleasePlan, stage: int, actor: str, notifier: Notifier) -> Outcome:
         """Start was pressed on the plan (stage 2: the explicit --force confirmation)."""
+        refusal = await self.policy.change_refusal(actor, [plan.app], "release")
+        if refusal:
+            await notifier.emit(Problem(refusal))
+            return Outcome.REFUSED
         if plan.needs_second_confirmation and stage < 2:
             await notifier.emit(ReleasePlanned(plan, stage=2))
             return Outcome.PENDING
@@ -191,24 +263,57 @@ class CommandService:
             return Outcome.PENDING
         return await self._run_release(plan, None, notifier)
 
+    async def approval_refusal(self, plan: ReleasePlan, approver: str) -> str | None:
+        return await self.policy.approval_refusal(approver, plan.app, plan.requester)
+
     async def approve_release(self, plan: ReleasePlan, approver: str, notifier: Notifier) -> Outcome:
-        if approver == plan.requester:
-            await notifier.emit(Problem("You asked for this release: a second person has to approve it."))
+        refusal = await self.policy.approval_refusal(approver, plan.app, plan.requester)
+        if refusal:
+            await notifier.emit(Problem(refusal))
             return Outcome.REFUSED
+        await self.record(notifier, plan.app, "approve", approver, plan.id, reason=plan.reason, outcome=plan.title)
         return await self._run_release(plan, approver, notifier)
 
+    async def reject_release(self, plan: ReleasePlan, who: str, reason: str | None, notifier: Notifier) -> Outcome:
+        """Recorded with the reason; the release never starts."""
+        await self.record(notifier, plan.app, "reject", who, plan.id, reason=reason, outcome=plan.title)
+        return Outcome.DONE
+
     async def _run_release(self, plan: ReleasePlan, approver: str | None, notifier: Notifier) -> Outcome:
+        started = f"{plan.title}" + (f", approved by {approver}" if approver else "")
+        await self.record(
+            notifier, plan.app, "release.start", plan.requester, plan.id, reason=plan.reason, force=plan.force,
+            outcome=started,
+        )
         try:
             state = await self._releases().run(plan, approver, notifier)
         except UserError as error:
             await notifier.emit(Problem(error.message))
+            await self.record(notifier, plan.app, "release.finish", plan.requester, plan.id, outcome=error.message)
             return Outcome.REFUSED
         except StoreError as error:
             await notifier.emit(Problem(f"{plan.title} did not start: {error.message}"))
+            await self.record(notifier, plan.app, "release.finish", plan.requester, plan.id, outcome=error.message)
             return Outcome.FAILED
+        for address, node in state.nodes.items():
+            steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in node.durations.items()) or "no step run"
+            await self.record(
+                notifier, plan.app, "release.node", plan.requester, str(address),
+                outcome=f"{plan.id}: {node_summary(node)}; {steps}",
+            )
+        await self.record(
+            notifier, plan.app, "release.finish", plan.requester, plan.id,
+            outcome=f"{state.status.value}: {state.message}",
+        )
         return Outcome.DONE if state.status is Status.SUCCEEDED else Outcome.FAILED
 
-    async def abort_release(self, app: str, release_id: str, by: str, notifier: Notifier) -> Outcome:
+    async def abort_release(
+        self, app: str, release_id: str, by: str, notifier: Notifier, reason: str | None = None
+    ) -> Outcome:
+        refusal = await self.policy.change_refusal(by, [app], "abort a release of")
+        if refusal:
+            await notifier.emit(Problem(refusal))
+            return Outcome.REFUSED
         engine = self._releases().engine(app)
         if engine is None or engine.plan.id != release_id:
             await notifier.emit(Problem(f"That release of {app} is no longer running; nothing to abort."))
@@ -216,6 +321,7 @@ class CommandService:
         if not engine.abort(by):
             await notifier.emit(Notice(f"The release of {app} is already stopping."))
             return Outcome.DONE
+        await self.record(notifier, app, "release.abort", by, release_id, reason=reason, outcome=engine.plan.title)
         await notifier.emit(
             Notice(
                 f"Abort of {engine.plan.title} requested: it stops before the next step; "
@@ -225,12 +331,31 @@ class CommandService:
         return Outcome.DONE
 
     async def decide(self, app: str, decision_id: str, decision: str, by: str, notifier: Notifier) -> Outcome:
+        refusal = await self.policy.change_refusal(by, [app], "steer a release of")
+        if refusal:
+            await notifier.emit(Problem(refusal))
+            return Outcome.REFUSED
         engine = self._releases().engine(app)
         problem = "That release is no longer running." if engine is None else engine.decide(decision_id, decision, by)
         if problem:
             await notifier.emit(Problem(problem))
             return Outcome.REFUSED
+        assert engine is not None
+        await self.record(notifier, app, "release.decision", by, engine.plan.id, outcome=decision)
         return Outcome.DONE
+
+    async def mark_incident(
+        self, app: str, incident: str, what: str, by: str, until: float, notifier: Notifier
+    ) -> Incident | None:
+        """An alert's Silence or Acknowledge button: operators only; None when the incident is over."""
+        await self._may_change(by, [app], what)
+        watch = self.watches.watch(app) if self.watches else None
+        if watch is None:
+            return None
+        found = watch.silence(incident, until) if what == "silence" else watch.acknowledge(incident, by)
+        if found is not None:
+            await self.record(notifier, app, what, by, str(found.address), outcome=f"incident {incident}")
+        return found
 
     def alerts(self, only: str | None = None) -> AlertsReport:
         names = [self.app(only).name] if only else sorted(self.apps)
@@ -413,6 +538,7 @@ class CommandService:
             warnings=tuple(warnings),
             needs_second_confirmation=bool(empties),
             probe_first=not drain and not request.force,
+            reason=request.reason,
         )
 
     async def _plan_add(self, request: AddRequest, requester: str) -> ChangePlan:
@@ -431,7 +557,13 @@ class CommandService:
         )
         warnings = () if app.health.url else (f"{app.name} has no health.url: it is added without a probe",)
         return ChangePlan(
-            "add", request.address, requester, (change,), warnings=warnings, probe_first=app.health.url is not None
+            "add",
+            request.address,
+            requester,
+            (change,),
+            warnings=warnings,
+            probe_first=app.health.url is not None,
+            reason=request.reason,
         )
 
     async def _plan_remove(self, request: RemoveRequest, requester: str) -> ChangePlan:
@@ -461,7 +593,12 @@ class CommandService:
             else "it is drained already: it is removed at once"
         )
         return ChangePlan(
-            "remove", request.address, requester, (change,), warnings=(steps, *([note] if note else []))
+            "remove",
+            request.address,
+            requester,
+            (change,),
+            warnings=(steps, *([note] if note else [])),
+            reason=request.reason,
         )
 
     # -- applying -------------------------------------------------------------------------------
@@ -471,6 +608,8 @@ class CommandService:
             failed = await self._probe_before_write(plan)
             if failed:
                 await notifier.emit(Problem(failed))
+                for change in plan.changes:
+                    await self._record_change(notifier, plan, actor, ChangeResult(change, False, failed))
                 return Outcome.REFUSED
         elif plan.action == "undrain":
             await notifier.emit(Notice(f"Health probe skipped (--force): {plan.address} is put back unprobed."))
@@ -495,6 +634,8 @@ class CommandService:
                     results.append(await self._apply_change(plan, change))
             except StoreError as error:
                 results.append(ChangeResult(change, False, f"Consul: {error.message}; not changed"))
+        for result in results:
+            await self._record_change(notifier, plan, actor, result)
         event = ChangeApplied(plan, actor, tuple(results), self.clock.now())
         if plan.action == "drain" and self.watches is not None:
             for result in results:
@@ -503,6 +644,21 @@ class CommandService:
                     watch.record_drain(result.change.address, actor)
         await notifier.emit(event)
         return Outcome.DONE if event.ok else Outcome.FAILED
+
+    async def _record_change(self, notifier: Notifier, plan: ChangePlan, actor: str, result: ChangeResult) -> None:
+        change = result.change
+        await self.record(
+            notifier,
+            change.app,
+            plan.action,
+            actor,
+            str(change.address),
+            before=change.before.fields if change.before is not None else None,
+            after=change.after if result.ok else None,
+            reason=plan.reason,
+            force=plan.force,
+            outcome=result.detail,
+        )
 
     async def _probe_before_write(self, plan: ChangePlan) -> str | None:
         urls = sorted(

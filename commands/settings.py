@@ -88,3 +88,5 @@ class AppSettings:
     approval: str = "none"  # required | none
     ssh: SshOverride = field(default_factory=SshOverride)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    operators: tuple[str, ...] | None = None  # who may change this app; None: `access.operators`
+    networks: tuple[str, ...] = ()  # CIDRs `/upstream add` accepts; empty: any address

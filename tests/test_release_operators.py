@@ -27,9 +27,11 @@ from bot.consul_store import ConsulStore
 from bot.executors.local import LocalExecutor
 from bot.nginx_status import HttpNginxReader
 from bot.prober import HttpProber
+from commands.access import AccessPolicy
 from commands.addresses import ServerAddress
 from commands.events import ChangeApplied, ConfirmationNeeded, Problem, ReleaseFinished
 from commands.grammar import parse_line
+from commands.history import MemoryHistory
 from commands.release_state import Phase, Status
 from commands.releases import Releases
 from commands.requests import ReleaseRequest
@@ -94,7 +96,8 @@ async def rig(consul: Consul, services: list[int], tmp_path: Path) -> AsyncItera
         apps = {"app": app}
         prober, nginx, clock = HttpProber(client), HttpNginxReader(apps, client), SystemClock()
         releases = Releases(apps, store, prober, nginx, clock, ConsulLockManager(store), LocalExecutor, "test:1")
-        service = CommandService(apps, store, prober, nginx, clock, releases)
+        policy = AccessPolicy(apps, operators=("U1ALICE", "U3OPS"))
+        service = CommandService(apps, store, prober, nginx, clock, releases, policy=policy, history=MemoryHistory())
         yield Rig(service, releases, nodes, gate, marker)
 
 

@@ -14,8 +14,10 @@ from bot.nginx_status import HttpNginxReader
 from bot.prober import HttpProber
 from bot.processes import free_port
 from bot.standins.server_thread import ServerThread
+from commands.access import AccessPolicy
 from commands.events import ChangeApplied, ConfirmationNeeded, Notice, Problem, StatusReport
 from commands.grammar import parse_line
+from commands.history import MemoryHistory
 from commands.service import CommandService, Outcome
 from commands.settings import AppSettings, HealthSettings, NginxSettings
 from tests.conftest import Consul
@@ -36,7 +38,13 @@ async def make_service(consul: Consul) -> AsyncIterator:
         def build(*apps: AppSettings) -> CommandService:
             settings = {a.name: a for a in apps} or {"app": app_settings()}
             return CommandService(
-                settings, ConsulStore((consul.url,)), HttpProber(client), HttpNginxReader(settings, client), FakeClock()
+                settings,
+                ConsulStore((consul.url,)),
+                HttpProber(client),
+                HttpNginxReader(settings, client),
+                FakeClock(),
+                policy=AccessPolicy(settings, operators=("U1ALICE",)),
+                history=MemoryHistory(),
             )
 
         yield build
@@ -128,29 +136,43 @@ async def test_drain_without_app_finds_every_upstream_listing_the_server(
     assert down(consul, shared, "app") == down(consul, shared, "api") == 1
 
 
-async def test_undrain_probes_first_and_force_skips_the_probe(consul: Consul, make_service, services) -> None:
+async def confirmed(service: CommandService, line: str, user: str = "U1ALICE") -> tuple[Outcome, RecordingNotifier]:
+    """Ask, then press Confirm as `user` (the way Slack and the terminal do)."""
+    outcome, notifier = await run(service, line, user)
+    if outcome is not Outcome.PENDING:
+        return outcome, notifier
+    plan = notifier.of(ConfirmationNeeded)[0].plan
+    return await service.confirm(plan, 1, user, notifier), notifier
+
+
+async def test_undrain_asks_first_probes_at_the_press_and_force_skips_the_probe(
+    consul: Consul, make_service, services
+) -> None:
     dead = f"127.0.0.1:{free_port()}"
     consul.add_server("app", f"127.0.0.1:{services[0]}")
     consul.add_server("app", dead, down=1)
     consul.add_server("app", f"127.0.0.1:{services[1]}", down=1)
     service = make_service()
-    outcome, notifier = await run(service, f"/undrain {dead}")
+    outcome, notifier = await run(service, f"/undrain 127.0.0.1:{services[1]}")
+    assert outcome is Outcome.PENDING and down(consul, f"127.0.0.1:{services[1]}") == 1  # asked, nothing written
+    outcome, notifier = await confirmed(service, f"/undrain {dead}")
     assert outcome is Outcome.REFUSED and "connection refused" in notifier.of(Problem)[0].text
     assert down(consul, dead) == 1
-    outcome, notifier = await run(service, f"/undrain 127.0.0.1:{services[1]}")
+    outcome, notifier = await confirmed(service, f"/undrain 127.0.0.1:{services[1]}")
     assert outcome is Outcome.DONE and down(consul, f"127.0.0.1:{services[1]}") == 0
-    outcome, notifier = await run(service, f"/undrain {dead} --force")
-    plan = notifier.of(ConfirmationNeeded)[0].plan
-    await service.confirm(plan, 1, "U1ALICE", notifier)
+    outcome, notifier = await confirmed(service, f"/undrain {dead} --force")
     assert down(consul, dead) == 0
     assert any("probe skipped" in n.text for n in notifier.of(Notice))
 
 
-async def test_add_probes_then_creates_and_remove_drains_then_deletes(consul: Consul, make_service, services) -> None:
+async def test_add_probes_before_asking_then_creates_and_remove_drains_then_deletes(
+    consul: Consul, make_service, services
+) -> None:
     consul.add_server("app", f"127.0.0.1:{services[0]}")
     service = make_service()
     new = f"127.0.0.1:{services[1]}"
     _, notifier = await run(service, f"/upstream add app {new} weight=3")
+    assert "probe: passed" in " ".join(notifier.of(ConfirmationNeeded)[0].plan.warnings)  # the question shows it
     await service.confirm(notifier.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", notifier)
     assert json.loads(consul.value(f"upstreams/app/{new}") or "") == {
         "weight": 3,
@@ -158,8 +180,9 @@ async def test_add_probes_then_creates_and_remove_drains_then_deletes(consul: Co
         "fail_timeout": 10,
         "down": 0,
     }
-    _, notifier = await run(service, f"/upstream add app 127.0.0.1:{free_port()}")
-    assert await service.confirm(notifier.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", notifier) is Outcome.REFUSED
+    outcome, notifier = await run(service, f"/upstream add app 127.0.0.1:{free_port()}")
+    assert outcome is Outcome.REFUSED and "connection refused" in notifier.of(Problem)[0].text  # before the question
+    assert not notifier.of(ConfirmationNeeded)
 
     _, notifier = await run(service, f"/upstream remove app {new}")
     await service.confirm(notifier.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", notifier)

@@ -14,8 +14,10 @@ import pytest
 from bot.consul_store import ConsulStore
 from bot.nginx_status import HttpNginxReader
 from bot.prober import HttpProber
+from commands.access import AccessPolicy
 from commands.events import ChangeApplied, ConfirmationNeeded
 from commands.grammar import parse_line
+from commands.history import MemoryHistory
 from commands.service import CommandService, Outcome
 from commands.settings import AppSettings, HealthSettings, NginxSettings
 from tests.conftest import Consul
@@ -37,7 +39,15 @@ async def service_for(consul: Consul) -> AsyncIterator[Build]:
         def build(*names: str) -> CommandService:
             apps = {n: app(n) for n in names or ("app",)}
             store = ConsulStore((f"http://127.0.0.1:{port}", f"http://localhost:{port}"), timeout=0.5)
-            return CommandService(apps, store, HttpProber(client), HttpNginxReader(apps, client), FakeClock())
+            return CommandService(
+                apps,
+                store,
+                HttpProber(client),
+                HttpNginxReader(apps, client),
+                FakeClock(),
+                policy=AccessPolicy(apps, operators=("U1ALICE",)),
+                history=MemoryHistory(),
+            )
 
         yield build
 
@@ -62,10 +72,12 @@ async def test_an_undrain_committed_but_answered_late_is_reported_applied(
     a, b = (f"127.0.0.1:{p}" for p in services[:2])
     consul.add_server("app", a, down=1)
     consul.add_server("app", b)
+    service = service_for()
+    notifier = RecordingNotifier()
+    assert await service.handle(parse_line(f"/undrain {a}"), "U1ALICE", notifier) is Outcome.PENDING
     consul.standin.faults.late_writes = 2.0  # commits, then answers after the client gave up (0.5 s)
     try:
-        notifier = RecordingNotifier()
-        outcome = await service_for().handle(parse_line(f"/undrain {a}"), "U1ALICE", notifier)
+        outcome = await service.confirm(notifier.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", notifier)
     finally:
         consul.standin.faults.late_writes = 0.0
     (applied,) = notifier.of(ChangeApplied)
