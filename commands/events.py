@@ -27,6 +27,7 @@ class ServerStatus:
     nginx_listed: str | None = None  # "serving" / "drained" / "missing"; None: not configured
     probe: ProbeResult | None = None
     disagreement: str | None = None
+    drained_note: str | None = None  # "drained by <@U1> at 2026-11-29T10:00:00Z: disk full" (the history)
 
     @property
     def needs_attention(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 from dataclasses import replace
 from typing import Any
 
@@ -141,6 +142,8 @@ class CommandService:
                 await notifier.emit(await self.status(request))
                 return Outcome.DONE
             case DrainRequest() | UndrainRequest() | AddRequest() | RemoveRequest():
+                if request.app is not None:  # asked before anything is read or probed for them
+                    await self._may_change(requester, [self.app(request.app).name], "change")
                 plan = await self.plan(request, requester)
                 if plan is None:
                     await notifier.emit(Notice(self._nothing_to_do(request)))
@@ -226,12 +229,13 @@ class CommandService:
         notifier: Notifier,
     ) -> Outcome:
         app = self.app(request.app)
+        if isinstance(request, ReleaseAbortRequest) or (isinstance(request, ReleaseRequest) and not request.dry_run):
+            await self._may_change(requester, [app.name], "release")
         releases = self._releases()
         if isinstance(request, ReleaseStatusRequest):
             await notifier.emit(await releases.status(app.name))
             return Outcome.DONE
         if isinstance(request, ReleaseAbortRequest):
-            await self._may_change(requester, [app.name], "abort a release of")
             engine = releases.engine(app.name)
             if engine is None:
                 holder = await releases.locks.holder(app.name)
@@ -240,8 +244,6 @@ class CommandService:
                 raise UserError(f"{held_by(holder, app.name)}; abort it from the bot instance that runs it.")
             await notifier.emit(AbortRequested(app.name, engine.plan.id, requester))
             return Outcome.PENDING
-        if not request.dry_run:
-            await self._may_change(requester, [app.name], "release")
         plan = await releases.plan(app, request, requester)
         if plan.dry_run:
             await notifier.emit(ReleaseDryRun(plan))
@@ -398,6 +400,7 @@ class CommandService:
         app = self.app(request.app)
         upstream, view = await asyncio.gather(self.store.read(app.upstream), self.nginx.read(app.upstream))
         probes = await probe_nodes(self.prober, app, [s.address for s in upstream.servers])
+        drains = await self._drain_notes(app.name, upstream) if upstream.serving < len(upstream.servers) else {}
         servers = []
         for entry in upstream.servers:
             key = str(entry.address)
@@ -411,6 +414,7 @@ class CommandService:
                 nginx_check=None if view.checks is None else view.checks.get(key, "unknown"),
                 nginx_listed=_listed(view, key),
                 probe=probes.get(entry.address),
+                drained_note=drains.get(str(entry.address)) if entry.drained else None,
             )
             servers.append(replace(status, disagreement=_disagreement(status)))
         notes = list(view.errors)
@@ -432,6 +436,23 @@ class CommandService:
         return StatusReport(
             app.name, app.upstream, tuple(sorted(servers, key=lambda s: s.address)), tuple(notes), request.page
         )
+
+    async def _drain_notes(self, app: str, upstream: Upstream) -> dict[str, str]:
+        """For each drained server: who drained it, when and why, from the history (best effort)."""
+        try:
+            entries = await self.history.entries(app, None, 200)
+        except StoreError:
+            return {}
+        notes: dict[str, str] = {}
+        for entry in entries:  # newest first: the first drain found for a node is the one in force
+            if entry.target in notes or entry.what not in ("drain", "release.start", "undrain"):
+                continue
+            if entry.what == "drain" and entry.after is not None:
+                why = f": {entry.reason}" if entry.reason else ""
+                notes[entry.target] = f"drained by {mention(entry.who)} at {entry.at}{why}"
+            elif entry.what == "undrain":
+                notes[entry.target] = ""  # undrained since: an older drain is not the one in force
+        return {k: v for k, v in notes.items() if v}
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -543,6 +564,14 @@ class CommandService:
 
     async def _plan_add(self, request: AddRequest, requester: str) -> ChangePlan:
         app = self.app(request.app)
+        if app.networks and not any(
+            ipaddress.IPv4Address(request.address.host) in ipaddress.IPv4Network(n) for n in app.networks
+        ):
+            # Refused before anything is sent to it: the bot is no port scanner for whoever can type.
+            raise UserError(
+                f"Refused: {request.address.host} is outside {app.name}'s networks ({', '.join(app.networks)}); "
+                f"nothing was sent to it. An address inside `apps.{app.name}.networks` is accepted."
+            )
         upstream = await self.store.read(app.upstream)
         existing = upstream.find(request.address)
         if existing is not None:
