@@ -69,7 +69,7 @@ class AgentConfig:
     """How the bot reaches `upstream-bot agent` on the nodes."""
 
     port: int = 7070
-    scheme: str = "http"  # https when the agents have TLS
+    scheme: str = "https"  # agents serve TLS unless their agent.yml says insecure: true
     secret_file: str | None = None  # the shared HMAC secret; else $UPSTREAM_BOT_AGENT_SECRET
     ca_file: str | None = None  # to verify the agents' TLS certificates
     connect_timeout: float = 10.0
@@ -384,7 +384,7 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> 
     a = reader.mapping(top.get("agent"), "agent", ("port", "scheme", "secret_file", "ca_file", "connect_timeout"))
     agent = AgentConfig(
         port=reader.get(a, "port", "agent", _positive_int(1, 65535), 7070),
-        scheme=reader.get(a, "scheme", "agent", _choice("http", "https"), "http"),
+        scheme=reader.get(a, "scheme", "agent", _choice("http", "https"), "https"),
         secret_file=reader.get(a, "secret_file", "agent", _string, None),
         ca_file=reader.get(a, "ca_file", "agent", _string, None),
         connect_timeout=reader.get(a, "connect_timeout", "agent", parse_duration, 10.0),
@@ -436,6 +436,11 @@ def environment_problems(config: Config, env: Mapping[str, str]) -> tuple[list[s
         elif not env.get(AGENT_SECRET_ENV):
             problems.append(
                 f"env {AGENT_SECRET_ENV}: not set and no agent.secret_file, but an app uses release.executor: agent"
+            )
+        if config.agent.scheme == "http":
+            notes.append(
+                "agent.scheme: http: the agents must say insecure: true in their agent.yml (they serve TLS "
+                "otherwise); step names, targets and step output cross the network unencrypted"
             )
         if config.agent.ca_file and not os.access(config.agent.ca_file, os.R_OK):
             problems.append(f"agent.ca_file: {config.agent.ca_file} is not a readable file")

@@ -12,6 +12,7 @@ import pytest
 
 from bot.demo import demo_steps
 from bot.executors.local import LocalExecutor
+from bot.executors.process import SAFE_PATH, minimal_environment
 from bot.processes import free_port, start_sample_service, stop_sample_service
 from commands.settings import AppSettings, ReleaseSettings, StepSpec
 from commands.steps import StepRefused, StepTarget
@@ -78,8 +79,49 @@ async def test_exit_status_and_tails_and_refusals(tmp_path: Path) -> None:
     assert result.stderr_tail == ("oops",)
     with pytest.raises(StepRefused, match="needs a version"):
         await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, None))
-    with pytest.raises(StepRefused, match="does not match"):
+    with pytest.raises(StepRefused, match="version refused"):
         await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, "../../etc"))
     with pytest.raises(StepRefused, match="no step `reboot`"):
         await ex.run("reboot", TARGET)
     assert os.listdir(tmp_path) == []  # nothing ran
+
+
+SECRETS = {
+    "SLACK_BOT_TOKEN": "xoxb-local-leak",
+    "SLACK_APP_TOKEN": "xapp-local-leak",
+    "SLACK_SIGNING_SECRET": "local-leak-signing",
+    "CONSUL_HTTP_TOKEN": "local-leak-consul",
+    "UPSTREAM_BOT_AGENT_SECRET": "local-leak-agent-secret",
+}
+
+
+async def test_a_step_gets_a_minimal_environment_without_the_bots_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TZ", "UTC")
+    result = await local({"deploy": "env"}).run("deploy", TARGET)
+    assert result.ok, result.summary
+    env = dict(line.split("=", 1) for line in result.stdout_tail if "=" in line)
+    assert [n for n in env if n.startswith("SLACK_") or n in SECRETS] == []
+    assert not any("leak" in value for value in env.values())
+    assert {k: v for k, v in env.items() if k.startswith("UPSTREAM_BOT_")} == {
+        "UPSTREAM_BOT_APP": "app",
+        "UPSTREAM_BOT_HOST": "127.0.0.1",
+        "UPSTREAM_BOT_PORT": "9001",
+        "UPSTREAM_BOT_VERSION": "2.0",
+    }
+    assert env["TZ"] == "UTC" and env["PATH"] and env["HOME"]
+
+
+def test_the_minimal_environment_keeps_only_absolute_path_entries() -> None:
+    parent = {
+        "PATH": ".:/opt/app/bin::bin:/usr/bin",
+        "HOME": "/home/deploy",
+        "SLACK_BOT_TOKEN": "xoxb-x",
+        "EDITOR": "vi",
+    }
+    env = minimal_environment(parent)
+    assert env["PATH"] == "/opt/app/bin:/usr/bin" and env["HOME"] == "/home/deploy"
+    assert "SLACK_BOT_TOKEN" not in env and "EDITOR" not in env
+    assert minimal_environment({"PATH": "."})["PATH"] == SAFE_PATH
+    assert minimal_environment({"EDITOR": "vi"}, passthrough=["EDITOR"])["EDITOR"] == "vi"

@@ -1,6 +1,8 @@
 """The agent executor: asks `upstream-bot agent` on the node to run a step by name, over signed HTTP.
 
 The bot sends only the step name and the validated values; the command lives in the agent's config.
+Each request's signature covers its target (app, node, step, version), so the agent of another node
+refuses it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from bot.agent.signing import sign
+from bot.agent.signing import SignedTarget, sign
 from bot.prober import connect_reason
 from commands.interfaces import OutputSink
 from commands.settings import AppSettings
@@ -27,7 +29,7 @@ class AgentExecutor:
         app: AppSettings,
         secret: bytes,
         port: int = 7070,
-        scheme: str = "http",
+        scheme: str = "https",  # the agent serves TLS unless its agent.yml says insecure: true
         ca_file: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
@@ -42,29 +44,42 @@ class AgentExecutor:
     def url(self, host: str) -> str:
         return f"{self.scheme}://{host}:{self.port}"
 
-    def _signed(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:
-        return {"Content-Type": "application/json", **sign(self.secret, method, path, body)}
+    def _signed(self, method: str, path: str, target: SignedTarget, body: bytes = b"") -> dict[str, str]:
+        return {"Content-Type": "application/json", **sign(self.secret, method, path, body, target)}
 
     def _refusal(self, host: str, response: httpx.Response) -> str:
         try:
             detail = str(response.json().get("error"))
         except ValueError:
             detail = response.text[:200]
-        kind = {401: "auth", 404: "unknown step", 409: "busy", 422: "refused by the agent"}.get(
-            response.status_code, f"HTTP {response.status_code}"
-        )
+        kind = {
+            401: "auth",
+            403: "wrong agent",
+            404: "unknown step",
+            409: "busy",
+            422: "refused by the agent",
+            503: "agent unavailable",
+        }.get(response.status_code, f"HTTP {response.status_code}")
         return f"{kind}: agent at {self.url(host)}: {detail}"
+
+    def _hint(self, error: httpx.HTTPError) -> str:
+        """Why a plain-HTTP request may have been dropped: the agent serves TLS unless told otherwise."""
+        if self.scheme == "http" and isinstance(error, httpx.RemoteProtocolError):
+            return " (agents serve TLS unless their agent.yml says insecure: true; is agent.scheme https?)"
+        return ""
 
     async def check(self, target: StepTarget, steps: Sequence[str]) -> str | None:
         path = "/v1/steps"
+        # Signed for the node: the agent answers only if it serves it, so a wrong agent fails the preflight.
+        signed = SignedTarget(target.app, target.host, target.port, "", target.version)
         try:
             response = await self.client.get(
-                self.url(target.host) + path, headers=self._signed("GET", path), timeout=self.connect_timeout
+                self.url(target.host) + path, headers=self._signed("GET", path, signed), timeout=self.connect_timeout
             )
         except httpx.TimeoutException:
             return f"connect: agent at {self.url(target.host)}: no answer within {self.connect_timeout:g} s"
         except httpx.HTTPError as error:
-            return f"connect: agent at {self.url(target.host)}: {connect_reason(error)}"
+            return f"connect: agent at {self.url(target.host)}: {connect_reason(error)}{self._hint(error)}"
         if response.status_code != 200:
             return self._refusal(target.host, response)
         known = set(response.json().get("steps", []))
@@ -98,7 +113,9 @@ class AgentExecutor:
                 "POST",
                 self.url(target.host) + path,
                 content=body,
-                headers=self._signed("POST", path, body),
+                headers=self._signed(
+                    "POST", path, SignedTarget(target.app, target.host, target.port, step, target.version), body
+                ),
                 timeout=limits,
             ) as response:
                 if response.status_code != 200:
@@ -128,7 +145,7 @@ class AgentExecutor:
         except httpx.TimeoutException:
             return failed(f"timeout: agent at {self.url(target.host)} sent no result within {timeout:g} s")
         except httpx.HTTPError as error:
-            return failed(f"connection lost: agent at {self.url(target.host)}: {error}")
+            return failed(f"connection lost: agent at {self.url(target.host)}: {error}{self._hint(error)}")
         return failed(f"connection lost: agent at {self.url(target.host)} ended the stream without a result")
 
     async def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.executors.process import run_process
+from bot.executors.process import run_process, step_environment
 from commands.interfaces import OutputSink
 from commands.settings import AppSettings
 from commands.steps import StepResult, StepTarget, prepare_step
@@ -22,7 +22,8 @@ class LocalExecutor:
 
     async def run(self, step: str, target: StepTarget, on_output: OutputSink | None = None) -> StepResult:
         command, timeout = prepare_step(self.app, step, target)
-        return await run_process(command, timeout, step, target.node, on_output)
+        # The bot's own environment holds Slack and Consul tokens: the step gets a minimal one.
+        return await run_process(command, timeout, step, target.node, on_output, env=step_environment(target))
 
     async def close(self) -> None:
         return None

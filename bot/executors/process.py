@@ -1,18 +1,64 @@
 """Run one shell command as a local process: streamed lines, bounded tails, a timeout that kills the
-whole process group, and cancellation that does the same. Used by the local executor and the agent."""
+whole process group, and cancellation that does the same. Used by the local executor and the agent.
+
+A step gets a minimal environment (`step_environment`), never its parent's: the bot holds Slack and
+Consul tokens and the agent its signing secret, and a step's output goes to chat.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import time
+from collections.abc import Iterable, Mapping
 
 from commands.interfaces import OutputSink
-from commands.steps import OutputLine, OutputTail, StepResult
+from commands.steps import OutputLine, OutputTail, StepResult, StepTarget
 
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What a shell and the usual tools need to behave as they do for the same user at a terminal.
+_INHERITED = ("HOME", "LANG", "LC_ALL", "USER", "LOGNAME", "TZ")
+
+
+def _safe_path(parent: str | None) -> str:
+    """The parent's PATH without empty or relative entries (those resolve against the step's working
+    directory, so a file dropped there could stand in for a command); SAFE_PATH when nothing is left."""
+    kept = [entry for entry in (parent or "").split(":") if entry.startswith("/")]
+    return ":".join(kept) or SAFE_PATH
+
+
+def minimal_environment(parent: Mapping[str, str] | None = None, passthrough: Iterable[str] = ()) -> dict[str, str]:
+    """PATH, HOME, LANG/LC_ALL, USER/LOGNAME, TZ (when set) and the `passthrough` names; nothing else."""
+    parent = os.environ if parent is None else parent
+    env = {"PATH": _safe_path(parent.get("PATH"))}
+    for name in (*_INHERITED, *passthrough):
+        if name in parent:
+            env[name] = parent[name]
+    if "HOME" not in env or "USER" not in env or "LOGNAME" not in env:
+        # A service manager may start the agent without them; scripts (and ssh, git) expect them.
+        with contextlib.suppress(KeyError):
+            user = pwd.getpwuid(os.getuid())
+            env.setdefault("HOME", user.pw_dir)
+            env.setdefault("USER", user.pw_name)
+            env.setdefault("LOGNAME", user.pw_name)
+    return env
+
+
+def step_environment(
+    target: StepTarget, parent: Mapping[str, str] | None = None, passthrough: Iterable[str] = ()
+) -> dict[str, str]:
+    """The minimal environment plus what the step is for, as UPSTREAM_BOT_APP/HOST/PORT[/VERSION]."""
+    env = minimal_environment(parent, passthrough)
+    env.update(
+        {"UPSTREAM_BOT_APP": target.app, "UPSTREAM_BOT_HOST": target.host, "UPSTREAM_BOT_PORT": str(target.port)}
+    )
+    if target.version is not None:
+        env["UPSTREAM_BOT_VERSION"] = target.version
+    return env
 
 
 async def _pump(
@@ -48,8 +94,9 @@ async def run_process(
     step: str,
     node: str,
     on_output: OutputSink | None = None,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> StepResult:
+    """Run `command` under /bin/sh with `env` (default: `minimal_environment()`, never the parent's own)."""
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         "/bin/sh",
@@ -59,7 +106,7 @@ async def run_process(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # its own process group: a kill reaches every child it started
-        env=env,
+        env=dict(minimal_environment() if env is None else env),
     )
     tail = OutputTail()
     assert process.stdout is not None and process.stderr is not None
