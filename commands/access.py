@@ -13,6 +13,7 @@ Slack user IDs and user-group IDs only (never display names). Group membership c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,8 +40,14 @@ def is_local(who: str) -> bool:
     return who.startswith(LOCAL)
 
 
+_SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")
+
+
 def mention(who: str) -> str:
-    return who if is_local(who) else f"<@{who}>"
+    """`<@U...>` (or `<!subteam^S...>` for a user group) for a Slack ID; anything else as plain text."""
+    if _SLACK_ID.match(who):
+        return f"<!subteam^{who}>" if who.startswith("S") else f"<@{who}>"
+    return who.replace("<", "(").replace(">", ")")
 
 
 @dataclass(frozen=True)

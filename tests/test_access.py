@@ -91,7 +91,7 @@ async def test_only_operators_may_change_an_app_and_everyone_may_read(
     for line in (*lines, "/upstream watch app off", "/release app --version 2", f"/undrain {a} app"):
         outcome, notifier = await ask(service, line, "U9EVE")
         assert outcome is Outcome.REFUSED, line
-        assert "only operators of app" in notifier.of(Problem)[0].text and "<@S0OPS>" in notifier.of(Problem)[0].text
+        assert "only operators of app" in notifier.of(Problem)[0].text and "<!subteam^S0OPS>" in notifier.of(Problem)[0].text
     assert down(consul, a) == 0 and consul.value(f"upstreams/app/127.0.0.1:{services[2]}") is None
     outcome, notifier = await ask(service, "/upstream status app", "U9EVE")
     assert outcome is Outcome.DONE and notifier.of(StatusReport)
