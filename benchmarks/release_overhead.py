@@ -1,15 +1,27 @@
 """Overhead of the release engine over the waits and steps it cannot avoid.
 
 A 10-node serial release through the real adapters (Consul stand-in over HTTP, local executor running
-`sleep` steps, HTTP probes against a sample service), with fixed step times and waits. Prints the wall
-time, the sum of mandatory waits and step times, and their ratio (target <= 1.02).
+`sleep` steps, HTTP probes against a sample service, nginx's views read over HTTP), with fixed step
+times and waits. Prints the wall time, the sum of mandatory waits and step times, and their ratio
+(target <= 1.02).
 
-Run: .venv/bin/python benchmarks/release_overhead.py
+nginx's views (`nginx.list_url`: upsync's upstream_show; `nginx.status_url`: check_status JSON) come
+from `tests.nginx_harness.NginxViews`, a small HTTP server that follows Consul with blocking queries as
+upsync does, not from a real nginx: the nodes are made-up addresses, and what is measured is the
+engine's own cost of reading and waiting on those views, not nginx's reload timing (the e2e test
+covers a real nginx). The engine reads both after every drain and restore and before every batch; the
+count is printed. Consul, the views and the sample service run as their own processes, as Consul and
+nginx do: in the measured process their threads would take the GIL from the engine.
+
+Run: .venv/bin/python benchmarks/release_overhead.py [--compare]
+(`--compare` also runs the same release without nginx's views first: what reading them costs.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,11 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bot.clock import SystemClock
 from bot.consul_store import ConsulStore
 from bot.executors.local import LocalExecutor
-from bot.nginx_status import HttpNginxReader
+from bot.nginx_status import HttpNginxReader, parse_upstream_show
 from bot.prober import HttpProber
-from bot.processes import free_port, start_sample_service, stop
-from bot.standins.consul import ConsulStandIn
-from bot.standins.server_thread import ServerThread
+from bot.processes import free_port, start_sample_service, stop, wait_http
+from commands.interfaces import NginxView
 from commands.release_engine import ReleaseEngine
 from commands.release_plan import plan_release
 from commands.release_state import Status
@@ -47,12 +58,30 @@ class Quiet:
         return None
 
 
-async def release(consul_url: str, health_port: int) -> tuple[float, Status]:
+class CountingReader(HttpNginxReader):
+    """The real reader; counts its reads, so the figure shows nginx's views really were waited on."""
+
+    reads = 0
+
+    async def read(self, upstream: str) -> NginxView:
+        view = await super().read(upstream)
+        if view.checks is not None or view.listed_down is not None:  # nginx was asked (URLs configured)
+            CountingReader.reads += 1
+        if view.errors:
+            print(f"  ! {'; '.join(view.errors)}")
+        return view
+
+
+async def release(consul_url: str, health_port: int, views_url: str | None) -> tuple[float, Status]:
     steps = {name: StepSpec(f"sleep {STEP_SECONDS}", 30) for name in ("stop", "deploy", "start")}
     app = AppSettings(
         "app",
         "app",
-        nginx=NginxSettings(upsync_interval=UPSYNC_INTERVAL),
+        nginx=NginxSettings(
+            status_url=f"{views_url}/upstream_status?format=json" if views_url else None,
+            list_url=f"{views_url}/upstream_list" if views_url else None,
+            upsync_interval=UPSYNC_INTERVAL,
+        ),
         health=HealthSettings(
             url=f"http://127.0.0.1:{health_port}/ping", interval=INTERVAL, timeout=INTERVAL, window=10, rise=RISE
         ),
@@ -60,10 +89,11 @@ async def release(consul_url: str, health_port: int) -> tuple[float, Status]:
     )
     store = ConsulStore((consul_url,))
     async with httpx.AsyncClient(trust_env=False) as client:
-        prober, nginx = HttpProber(client), HttpNginxReader({"app": app}, client)
+        prober, nginx = HttpProber(client), CountingReader({"app": app}, client)
         plan = plan_release(
             app, ReleaseRequest("app", version="2"), "bench", await store.read("app"), {}, await nginx.read("app")
         )
+        CountingReader.reads = 0  # the release's own reads, not the plan's
         engine = ReleaseEngine(plan, app, store, LocalExecutor(app), prober, nginx, SystemClock(), Quiet())
         started = time.perf_counter()
         state = await engine.run()
@@ -72,31 +102,61 @@ async def release(consul_url: str, health_port: int) -> tuple[float, Status]:
         return time.perf_counter() - started, state.status
 
 
-def main() -> None:
-    standin = ConsulStandIn()
-    for i in range(NODES):
-        standin.put_value(f"upstreams/app/10.9.0.{i + 1}:8080", encode(dict(DEFAULTS)))
-    server = ServerThread(standin.app()).start()
-    port = free_port()
-    service = start_sample_service(port)
-    try:
-        wall, status = asyncio.run(release(server.url, port))
-    finally:
-        stop([service])
-        server.stop()
+def server(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def report(label: str, wall: float, status: Status) -> float:
     propagation = UPSYNC_INTERVAL + 1.0
     per_node = 2 * propagation + DRAIN_WAIT + 3 * STEP_SECONDS + (RISE - 1) * INTERVAL
     mandatory = NODES * per_node
-    print(f"release of {NODES} nodes, serial: {status.value}")
+    reads = CountingReader.reads
+    print(f"release of {NODES} nodes, serial, {label}: {status.value}")
     print(
         f"  per node: 2 x propagation {propagation:g} s + drain_wait {DRAIN_WAIT:g} s + 3 steps x {STEP_SECONDS:g} s"
         f" + (rise-1) x interval {(RISE - 1) * INTERVAL:g} s = {per_node:.2f} s"
     )
+    print(f"  nginx views (upstream_show + check_status) read {reads} times, {reads / NODES:.1f} a node")
     print(
         f"  wall {wall:.2f} s   mandatory {mandatory:.2f} s   overhead {wall - mandatory:.2f} s "
         f"({(wall - mandatory) / NODES * 1000:.0f} ms a node)"
     )
     print(f"  ratio wall / mandatory: {wall / mandatory:.3f} (target <= {TARGET})")
+    return wall / mandatory
+
+
+def main() -> None:
+    compare = "--compare" in sys.argv[1:]
+    consul_port, views_port, port = free_port(), free_port(), free_port()
+    consul_url, views_url = f"http://127.0.0.1:{consul_port}", f"http://127.0.0.1:{views_port}"
+    processes = [server(["bot.standins.consul", "--port", str(consul_port)])]
+    try:
+        wait_http(f"{consul_url}/v1/status/leader")
+        for i in range(NODES):
+            value = encode(dict(DEFAULTS))
+            httpx.put(f"{consul_url}/v1/kv/upstreams/app/10.9.0.{i + 1}:8080", content=value, trust_env=False)
+        processes.append(server(["tests.nginx_harness", "views", "--consul", consul_url, "--port", str(views_port)]))
+        processes.append(start_sample_service(port))
+        # The views must list the upstream before the release reads them (bounded wait).
+        for _ in range(200):
+            try:
+                listed = httpx.get(f"{views_url}/upstream_list?app", timeout=1, trust_env=False).text
+                if len(parse_upstream_show(listed, "app")) == NODES:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise SystemExit("the nginx views never followed Consul")
+        if compare:
+            report("without nginx's views", *asyncio.run(release(consul_url, port, None)))
+        wall, status = asyncio.run(release(consul_url, port, views_url))
+    finally:
+        stop(processes)
+    ratio = report("with nginx.list_url and nginx.status_url", wall, status)
+    if CountingReader.reads < 2 * NODES:
+        print("  ! nginx's views were hardly read: the engine is not waiting on nginx")
+    print(json.dumps({"ratio": round(ratio, 4), "nginx_reads": CountingReader.reads}))
 
 
 if __name__ == "__main__":

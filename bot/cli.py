@@ -13,6 +13,10 @@ from bot.config import Config, ConfigError, config_path, environment_problems, l
 from commands.service import Outcome
 
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_FAILED = 0, 1, 2, 3
+# Ctrl-C or SIGTERM during `run` (the first aborts a running release and waits for that abort, the
+# second stops at once): 128 + SIGINT, as shells report an interrupted command, for SIGTERM too, so a
+# pipeline tells "interrupted" from "failed" with one code. What is left drained is printed.
+EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,7 +113,10 @@ async def _run(config: Config, line: str, yes: bool) -> int:
     from bot.terminal import TerminalFrontEnd
 
     async with service_for(config) as service:
-        outcome = await TerminalFrontEnd(service, assume_yes=yes).run_line(line)
+        front = TerminalFrontEnd(service, assume_yes=yes)
+        outcome = await front.run_interruptible(line)
+    if front.interrupted or outcome is None:
+        return EXIT_INTERRUPTED
     return {
         Outcome.DONE: EXIT_OK,
         Outcome.PENDING: EXIT_REFUSED,
@@ -137,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return EXIT_CONFIG
     if args.command == "run":
-        return asyncio.run(_run(config, args.line, args.yes))
+        try:
+            return asyncio.run(_run(config, args.line, args.yes))
+        except KeyboardInterrupt:
+            # Ctrl-C outside the command itself (connecting, shutting down): nothing was started by it.
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     from bot.serve import serve
 
     try:

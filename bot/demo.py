@@ -12,12 +12,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bot.cli import EXIT_INTERRUPTED
 from bot.config import Config, ConsulConfig
 from bot.processes import port_free, start_sample_service, stop_sample_service
 from bot.runtime import service_for
 from bot.standins.consul import ConsulStandIn
 from bot.standins.server_thread import ServerThread
-from bot.terminal import TerminalFrontEnd
+from bot.terminal import PROMPT_FORM, TerminalFrontEnd
 from bot.watch_scheduler import HealthWatcher
 from commands.servers import DEFAULTS, encode
 from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings, StepSpec
@@ -68,15 +69,17 @@ async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = Fal
             start_sample_service(port, state_dir=state)
         config = demo_config(server.url, ports, state)
         async with service_for(config) as service:
-            front = TerminalFrontEnd(service, user="local:demo", assume_yes=assume_yes)
+            # What a release leaves drained is put back at this prompt, not with `upstream-bot run`:
+            # the demo's Consul lives in this process.
+            front = TerminalFrontEnd(service, user="local:demo", assume_yes=assume_yes, put_back_form=PROMPT_FORM)
             if isinstance(service.watches, HealthWatcher):
                 service.watches.start(front)
-            await front.repl(
+            finished = await front.repl(
                 BANNER.format(
                     consul=server.url, servers=", ".join(f"127.0.0.1:{p}" for p in ports), first=f"127.0.0.1:{ports[0]}"
                 )
             )
-        return 0
+        return 0 if finished else EXIT_INTERRUPTED  # left with a second Ctrl-C during a command
     finally:
         for port in ports:
             stop_sample_service(port, state)

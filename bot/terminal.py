@@ -1,38 +1,96 @@
-"""The terminal front end: the demo's chat prompt and `upstream-bot run`. Same events, as lines."""
+"""The terminal front end: the demo's chat prompt and `upstream-bot run`. Same events, as lines.
+
+Ctrl-C and SIGTERM while a command runs: the first signal aborts every running release (it stops
+before its next step; a node it stopped is started and probed, and put back only if healthy) and lets
+it finish that abort; with no release running it cancels the command. The second signal cancels at
+once. Either way, what is left drained is printed with the command that puts each node back.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from bot.text_render import event_lines
+from bot.text_render import event_lines, option_label
 from commands.errors import UserError
 from commands.events import (
+    DANGEROUS_OPTIONS,
     AbortRequested,
     ApprovalRequested,
     ConfirmationNeeded,
     DecisionNeeded,
     Event,
     Problem,
+    ReleaseFinished,
     ReleasePlanned,
+    ReleaseUpdate,
 )
 from commands.grammar import parse_line
+from commands.release_engine import ReleaseEngine
+from commands.release_state import NodeState, Phase, ReleaseState
+from commands.requests import ReleaseRequest
 from commands.service import CommandService, Outcome
 
 Ask = Callable[[str], Awaitable[str | None]]  # prompt -> answer, None at end of input
 
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+# After the second signal the cancelled command still cleans up (a step's process group gets SIGTERM,
+# SIGKILL 5 s later; the release lock is given back): wait that long at most, then report and go.
+CANCEL_GRACE = 8.0
+ASK_ATTEMPTS = 3  # an unknown answer to a decision is asked again this often, then the safe default wins
+# With --yes nobody is there to answer: the canary goes on (as asked for), a failure leaves the node
+# drained. A dangerous option is never among these.
+UNATTENDED = {"canary": "continue"}
+SAFE_DEFAULT = {"canary": "abort"}  # otherwise "leave"
+RUN_FORM = 'upstream-bot run "{}"'  # how a left-drained node is put back from a shell
+PROMPT_FORM = "{}"  # the same, typed at the demo's prompt
 
-async def ask_stdin(prompt: str) -> str | None:
-    def read() -> str | None:
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
-        line = sys.stdin.readline()
-        return None if line == "" else line.strip()
 
-    return await asyncio.to_thread(read)
+class StdinAsk:
+    """Questions answered from stdin by one daemon thread that feeds a queue. A question abandoned by
+    Ctrl-C loses no line (the next question gets it), and exiting never waits on a blocked read (a
+    thread per question, as `asyncio.to_thread` gives, keeps the process alive until Enter)."""
+
+    def __init__(self, stream: TextIO | None = None, out: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdin
+        self.out = out or sys.stdout
+        self._lines: asyncio.Queue[str | None] | None = None
+        self._eof = False
+
+    def _start(self) -> asyncio.Queue[str | None]:
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def read() -> None:
+            # Bounded by the input: it ends at end of input (or when the loop is gone).
+            try:
+                for line in iter(self.stream.readline, ""):
+                    loop.call_soon_threadsafe(lines.put_nowait, line)
+                loop.call_soon_threadsafe(lines.put_nowait, None)
+            except (RuntimeError, ValueError, OSError):
+                return  # the loop closed (we are exiting) or stdin went away
+
+        threading.Thread(target=read, name="stdin", daemon=True).start()
+        return lines
+
+    async def __call__(self, prompt: str) -> str | None:
+        if self._eof:
+            return None
+        if self._lines is None:
+            self._lines = self._start()
+        self.out.write(prompt)
+        self.out.flush()
+        line = await self._lines.get()
+        if line is None:
+            self._eof = True
+            return None
+        return line.strip()
 
 
 def terminal_user() -> str:
@@ -48,44 +106,106 @@ class TerminalFrontEnd:
     def __init__(
         self,
         service: CommandService,
-        ask: Ask = ask_stdin,
+        ask: Ask | None = None,
         out: TextIO | None = None,
         assume_yes: bool = False,
         user: str | None = None,
+        put_back_form: str = RUN_FORM,
     ) -> None:
         self.service = service
-        self.ask = ask
         self.out = out or sys.stdout
+        self.ask: Ask = ask or StdinAsk(out=self.out)
         self.assume_yes = assume_yes
         self.user = user or terminal_user()
+        self.put_back_form = put_back_form
         self._pending: ConfirmationNeeded | ReleasePlanned | AbortRequested | None = None
+        # The latest state of the release this front end saw, from its events: a cancelled run has no
+        # ReleaseFinished, and still has to say what it left drained.
+        self.release_state: ReleaseState | None = None
+        self.interrupted: str | None = None  # "Ctrl-C" / "SIGTERM" when the last command was interrupted
+        self.cancelled = False  # ... and cancelled rather than left to finish its abort
+        self.signals = 0  # signals received during the last command
+        self._interrupt = asyncio.Event()  # set by the first signal: open questions stop waiting
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
 
     async def emit(self, event: Event) -> None:
         if isinstance(event, ConfirmationNeeded | ReleasePlanned | AbortRequested):
             self._pending = event
+        if isinstance(event, ReleaseUpdate | ReleaseFinished | DecisionNeeded):
+            self.release_state = event.state
         for line in event_lines(event):
-            print(line, file=self.out, flush=True)
+            self._print(line)
         if isinstance(event, ApprovalRequested):
-            print(
+            self._print(
                 f"Refused here: {event.plan.app} has approval: required, and a terminal cannot collect a "
-                "second person's approval. Run the release from Slack.",
-                file=self.out,
-                flush=True,
+                "second person's approval. Run the release from Slack."
             )
         elif isinstance(event, DecisionNeeded):
             await self._decide(event)
 
+    # -- decisions -------------------------------------------------------------------------------
+
     async def _decide(self, event: DecisionNeeded) -> None:
-        if event.kind == "canary":
-            go = self.assume_yes or (await self.ask("Continue with the rest? [y/N] ") or "").lower() in ("y", "yes")
-            choice = "continue" if go else "abort"
-        elif self.assume_yes:
-            choice = "leave"  # unattended: the safe choice; the node stays drained, nothing else is touched
+        options = event.options
+        default = SAFE_DEFAULT.get(event.kind, "leave")
+        if self.assume_yes:
+            choice: str | None = UNATTENDED.get(event.kind, "leave")
+            if choice in DANGEROUS_OPTIONS or choice not in options:  # never chosen for someone who is not there
+                choice = default
         else:
-            answer = (await self.ask("retry, restore (put it back anyway) or leave it drained? [leave] ") or "").lower()
-            choice = answer if answer in ("retry", "restore", "leave") else "leave"
-        print(f"decision: {choice}", file=self.out, flush=True)
+            choice = await self._choose(event, options, default)
+        if choice is None:  # interrupted: the abort answers the question
+            self._print("decision: none (aborting)")
+            return
+        self._print(f"decision: {choice}")
         await self.service.decide(event.state.plan.app, event.decision_id, choice, self.user, self)
+
+    async def _choose(self, event: DecisionNeeded, options: tuple[str, ...], default: str) -> str | None:
+        prompt = f"{' | '.join(options)}? [{default}] "
+        for _ in range(ASK_ATTEMPTS):
+            answer = await self._ask_unless_interrupted(prompt)
+            if self._interrupt.is_set():
+                return None
+            text = (answer or "").strip().lower()
+            if event.kind == "canary" and text in ("y", "yes", "n", "no"):
+                text = "continue" if text.startswith("y") else "abort"  # the prompt used to be y/N
+            if not text:
+                return default
+            if text not in options:
+                self._print(f"`{text}` is not one of {', '.join(options)}")
+                continue
+            if text in DANGEROUS_OPTIONS and not await self._dangerous_confirmed(event, text):
+                self._print(f"not confirmed; {default} instead")
+                return default
+            return text
+        self._print(f"no valid answer; {default}")
+        return default
+
+    async def _dangerous_confirmed(self, event: DecisionNeeded, option: str) -> bool:
+        self._print(f"{option}: {option_label(option)}")
+        answer = await self._ask_unless_interrupted(
+            f'Type "yes" to {option} {event.node or "the node"}, anything else cancels: '
+        )
+        return not self._interrupt.is_set() and answer == "yes"
+
+    async def _ask_unless_interrupted(self, prompt: str) -> str | None:
+        """The answer, or None as soon as a signal interrupts the question."""
+        if self._interrupt.is_set():
+            return None
+        question = asyncio.ensure_future(self.ask(prompt))
+        interrupted = asyncio.ensure_future(self._interrupt.wait())
+        try:
+            await asyncio.wait({question, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+            if not question.done():
+                question.cancel()
+                self._print("")  # end the prompt's line
+        return question.result() if question.done() and not question.cancelled() else None
+
+    # -- commands -------------------------------------------------------------------------------
 
     async def run_line(self, line: str) -> Outcome:
         try:
@@ -98,7 +218,7 @@ class TerminalFrontEnd:
         while outcome is Outcome.PENDING and self._pending is not None:
             pending, self._pending = self._pending, None
             if not await self._confirmed(pending):
-                print("Cancelled; nothing was changed.", file=self.out, flush=True)
+                self._print("Cancelled; nothing was changed.")
                 return Outcome.REFUSED
             if isinstance(pending, ConfirmationNeeded):
                 outcome = await self.service.confirm(pending.plan, pending.stage, self.user, self)
@@ -108,30 +228,150 @@ class TerminalFrontEnd:
                 outcome = await self.service.abort_release(pending.app, pending.release_id, self.user, self)
         return outcome
 
-    async def _confirmed(self, pending: ConfirmationNeeded) -> bool:
+    async def _confirmed(self, pending: ConfirmationNeeded | ReleasePlanned | AbortRequested) -> bool:
         if self.assume_yes:
-            print(
-                f"confirmed by --yes ({'second ' if pending.stage > 1 else ''}confirmation)", file=self.out, flush=True
-            )
+            stage = getattr(pending, "stage", 1)
+            self._print(f"confirmed by --yes ({'second ' if stage > 1 else ''}confirmation)")
             return True
-        if pending.stage >= 2:
+        if getattr(pending, "stage", 1) >= 2:
             answer = await self.ask('Type "yes" to go ahead anyway, anything else cancels: ')
             return answer == "yes"
         answer = await self.ask("Confirm? [y/N] ")
         if answer is None:
-            print("No answer (end of input); pass --yes to confirm from a script.", file=self.out, flush=True)
+            self._print("No answer (end of input); pass --yes to confirm from a script.")
             return False
         return answer.lower() in ("y", "yes")
 
-    async def repl(self, banner: str = "") -> None:
-        """The demo's chat prompt: read commands until `exit` or end of input."""
+    async def run_interruptible(self, line: str) -> Outcome | None:
+        """`run_line` with Ctrl-C and SIGTERM handled as the module says. None when it was cancelled;
+        `interrupted` says whether a signal came."""
+        loop = asyncio.get_running_loop()
+        self.release_state, self.interrupted, self.cancelled, self.signals = None, None, False, 0
+        self._interrupt = asyncio.Event()
+        cancel_now = asyncio.Event()
+        task = asyncio.ensure_future(self.run_line(line))
+
+        def on_signal(sig: signal.Signals) -> None:
+            self.signals += 1
+            name = SIGNAL_NAMES.get(sig, sig.name)
+            self.interrupted = self.interrupted or name
+            self._interrupt.set()
+            if self.signals == 1 and self._abort_releases(name):
+                return
+            if not task.done():
+                self.cancelled = True
+                self._print(f"{name}: stopping at once")
+                task.cancel()
+            cancel_now.set()
+
+        previous = {sig: signal.getsignal(sig) for sig in SIGNAL_NAMES}
+        for sig in SIGNAL_NAMES:
+            loop.add_signal_handler(sig, on_signal, sig)
+        cancelled = asyncio.ensure_future(cancel_now.wait())
+        try:
+            # Until the command ends (a release after its abort), or a cancel is asked for.
+            await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=CANCEL_GRACE)  # its cleanup; bounded
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            cancelled.cancel()
+            for sig, handler in previous.items():
+                loop.remove_signal_handler(sig)
+                # remove_signal_handler puts Python's default back; asyncio.run had its own SIGINT
+                # handler there (Ctrl-C at the demo's prompt relies on it).
+                with contextlib.suppress(TypeError, ValueError):
+                    signal.signal(sig, handler)
+        outcome = self._outcome(task)
+        if self.interrupted:
+            self._report_interrupted(line, task.done())
+        return outcome
+
+    def _outcome(self, task: asyncio.Future[Outcome]) -> Outcome | None:
+        if not task.done() or task.cancelled():
+            return None
+        error = task.exception()
+        if error is None:
+            return task.result()
+        if not self.interrupted:
+            raise error
+        # Interrupted: say what stopped it, without a traceback; the report below says what is left.
+        self._print(f"error while stopping: {type(error).__name__}: {error}")
+        return None
+
+    def _running(self) -> list[ReleaseEngine]:
+        releases = getattr(self.service, "releases", None)
+        return list(releases.active.values()) if releases is not None else []
+
+    def _abort_releases(self, name: str) -> bool:
+        """The first signal: abort every running release. False when none is running."""
+        engines = self._running()
+        for engine in engines:
+            engine.abort(f"{self.user} ({name})")
+        if not engines:
+            return False
+        apps = ", ".join(sorted(e.plan.app for e in engines))
+        self._print(
+            f"aborting ({name}): the release of {apps} stops before its next step; a node it stopped is "
+            "started and probed, and put back only if healthy. Press Ctrl-C again to exit at once "
+            "(what is left drained will be listed)."
+        )
+        return True
+
+    def _report_interrupted(self, line: str, finished: bool) -> None:
+        state = self.release_state
+        how = "stopped before it finished" if not finished else "ended"
+        if state is None:
+            try:
+                release = isinstance(parse_line(line), ReleaseRequest)
+            except UserError:
+                release = False
+            if release:
+                self._print(f"interrupted ({self.interrupted}): no release had started; nothing is left drained")
+            else:
+                self._print(
+                    f"interrupted ({self.interrupted}): `{line}` {how}; `/upstream status` shows where things are"
+                )
+            return
+        for text in self.left_drained_lines(state):
+            self._print(text)
+
+    def left_drained_lines(self, state: ReleaseState) -> list[str]:
+        """What the release left drained, each with the command that puts it back."""
+        app = state.plan.app
+        left: list[tuple[NodeState, str]] = [(n, "") for n in state.left_drained]
+        # A drain write in flight when the release was cancelled may have landed: say so, do not hide it.
+        left += [
+            (n, " (its drain was being written when the release stopped: it may be drained)")
+            for n in state.nodes.values()
+            if n.phase is Phase.DRAINING and not n.drained
+        ]
+        if not left:
+            return [f"{state.plan.title}: nothing is left drained"]
+        lines = [f"{state.plan.title}: {len(left)} node(s) left drained:"]
+        for node, note in left:
+            command = self.put_back_form.format(f"/undrain {node.address} {app}")
+            if node.stopped:
+                lines.append(f"  {node.address}{note}: also left stopped; start it first, then: {command}")
+            else:
+                lines.append(f"  {node.address}{note}: {command}")
+        return lines
+
+    async def repl(self, banner: str = "") -> bool:
+        """The demo's chat prompt: read commands until `exit` or end of input. False when a second
+        Ctrl-C (or SIGTERM) during a command left it."""
         if banner:
-            print(banner, file=self.out, flush=True)
+            self._print(banner)
         while True:
             line = await self.ask("upstream-bot> ")
             if line is None or line in ("exit", "quit", "/exit", "/quit"):
-                print("bye", file=self.out, flush=True)
-                return
+                self._print("bye")
+                return True
             if not line:
                 continue
-            await self.run_line(line)
+            await self.run_interruptible(line)
+            if self.signals >= 2:
+                self._print("leaving the demo")
+                return False

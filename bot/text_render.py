@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from commands.events import (
+    DANGEROUS_OPTIONS,
     AbortRequested,
     AlertsReport,
     ApprovalRequested,
@@ -139,6 +140,33 @@ def watch_lines(event: WatchEvent, now: float) -> list[str]:
     return [repr(event)]
 
 
+# What each decision option does, so the terminal can offer them without the reader guessing.
+OPTION_TEXT = {
+    "continue": "release the other nodes",
+    "abort": "stop here; the canary stays released",
+    "retry": "run this node's steps again",
+    "restore": "start it if it was stopped, probe it, and put it back only when healthy",
+    "restore_unhealthy": "put it back into traffic although its probe failed",
+    "leave": "leave it drained; nothing else is touched",
+}
+DECISION_HEADS = {"canary": "Canary done", "failure": "failed", "restore_failed": "could not be restored"}
+
+
+def option_label(option: str) -> str:
+    text = OPTION_TEXT.get(option, "")
+    if option in DANGEROUS_OPTIONS:
+        text += " (DANGEROUS: asks again)"
+    return text
+
+
+def decision_lines(event: DecisionNeeded) -> list[str]:
+    if event.kind == "canary":
+        head = f"Canary done: {event.reason}"
+    else:
+        head = f"{event.node} {DECISION_HEADS.get(event.kind, 'failed')}: {event.reason}"
+    return [head, "  options:", *[f"    {o:<18} {option_label(o)}".rstrip() for o in event.options]]
+
+
 def event_lines(event: Event) -> list[str]:
     match event:
         case WatchEvent():
@@ -159,11 +187,8 @@ def event_lines(event: Event) -> list[str]:
             return [f"{time.strftime('%H:%M:%S')}  {line}", *[f"    {t}" for t in (thread or "").splitlines()]]
         case StepOutput(output=out):
             return [f"    {out.node} {out.step} | {out.line}"]
-        case DecisionNeeded(kind=kind, reason=reason, node=node):
-            return [
-                f"{'Canary done' if kind == 'canary' else f'{node} failed'}: {reason}",
-                f"  options: {', '.join(event.options)}",
-            ]
+        case DecisionNeeded():
+            return decision_lines(event)
         case ReleaseFinished(state=state):
             return release_summary(state, time.time())
         case ReleaseStatusReport(app=app, state=state, lock=lock):

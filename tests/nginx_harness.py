@@ -1,7 +1,16 @@
 """A real nginx (Debian's package) with its own prefix on 127.0.0.1, whose upstream follows Consul the
 way nginx-upsync-module does: a watcher does blocking queries on the prefix and, on every change,
 rewrites an include file and runs `nginx -s reload`. It also writes what nginx loaded in upsync's
-`upstream_show` format, which nginx itself serves at /upstream_list."""
+`upstream_show` format, which nginx itself serves at /upstream_list.
+
+`NginxViews` is the lighter stand-in for what nginx reports (no nginx process): an HTTP server that
+follows Consul the same way and serves upsync's `upstream_show` text and nginx_upstream_check_module's
+`check_status` (json and csv) for what it last read, for benchmarks that need nginx's view but not
+its proxying.
+
+Load: wrk (many short POSTs) and `SlowUploads` (POSTs whose body arrives over about a second, so each
+stays in flight at its backend that long: a node stopped while it still has requests fails them,
+whatever the timing of nginx's reload)."""
 
 from __future__ import annotations
 
@@ -10,10 +19,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -53,6 +65,7 @@ http {{
         location / {{
             proxy_pass http://{upstream};
             proxy_next_upstream off;   # no silent retry on another server: every failure shows
+            proxy_request_buffering off;  # a body is passed on as it arrives: slow uploads stay in flight
             proxy_connect_timeout 2s;
         }}
     }}
@@ -99,10 +112,117 @@ http {{
         subprocess.run([NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-s", "quit"], capture_output=True)
 
 
+class Follower(Protocol):
+    """What follows Consul: a real nginx, or `NginxViews`."""
+
+    upstream: str
+
+    def render(self, servers: dict[str, bool]) -> bool: ...
+
+    def reload(self) -> None: ...
+
+
+class NginxViews:
+    """nginx's two reports for one upstream, from what a `ConsulWatcher` last read (start both).
+
+    GET /upstream_list[?<upstream>]            upsync's upstream_show text (eight leading spaces)
+    GET /upstream_status?format=json|csv       check_status; every listed server "up" (the check
+                                               module keeps checking drained servers: they stay up)"""
+
+    def __init__(self, upstream: str = "app", port: int = 0) -> None:
+        self.upstream = upstream
+        self.servers: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        views = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as nginx answers
+            # Headers and body go out in two writes: with Nagle's algorithm the second waits for the
+            # client's delayed ACK (40 ms a request on Linux), which nginx does not make anyone wait.
+            disable_nagle_algorithm = True
+
+            def do_GET(self) -> None:
+                path, _, query = self.path.partition("?")
+                with views._lock:
+                    servers = dict(views.servers)
+                if path == "/upstream_list":
+                    body = views.upstream_show(servers, query or views.upstream)
+                elif path == "/upstream_status":
+                    body = views.check_status(servers, "csv" if "format=csv" in query else "json")
+                else:
+                    self.send_error(404)
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="nginx-views")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> NginxViews:
+        self._thread.start()
+        return self
+
+    def serve(self) -> None:
+        """In the foreground, until interrupted (its own process)."""
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def render(self, servers: dict[str, bool]) -> bool:
+        with self._lock:
+            changed = servers != self.servers
+            self.servers = dict(servers)
+        return changed
+
+    def reload(self) -> None:
+        return None  # the views answer from `servers` at once
+
+    def upstream_show(self, servers: dict[str, bool], name: str) -> str:
+        if name != self.upstream:
+            return "The upstream you requested does not exist. Please double-check the name\n"
+        lines = [
+            f"        server {a} weight=1 max_fails=2 fail_timeout=10s{' down' if down else ''};"
+            for a, down in servers.items()
+        ]
+        return f"Upstream name: {self.upstream}; Backend server count: {len(servers)}\n" + "\n".join(lines) + "\n"
+
+    def check_status(self, servers: dict[str, bool], fmt: str) -> str:
+        if fmt == "csv":
+            return "".join(f"{i},{self.upstream},{a},up,10,0,http,0\n" for i, a in enumerate(servers))
+        entries = [
+            {
+                "index": i,
+                "upstream": self.upstream,
+                "name": a,
+                "status": "up",
+                "rise": 10,
+                "fall": 0,
+                "type": "http",
+                "port": 0,
+            }
+            for i, a in enumerate(servers)
+        ]
+        return json.dumps({"servers": {"total": len(entries), "generation": 1, "server": entries}})
+
+
 class ConsulWatcher(threading.Thread):
     """Follows `<prefix>/<upstream>/` with blocking queries and reloads nginx on each change."""
 
-    def __init__(self, consul_url: str, nginx: Nginx, prefix: str = "upstreams") -> None:
+    def __init__(self, consul_url: str, nginx: Follower, prefix: str = "upstreams") -> None:
         super().__init__(daemon=True, name="consul-watcher")
         self.consul_url = consul_url
         self.nginx = nginx
@@ -177,3 +297,100 @@ def finish(process: subprocess.Popen[str]) -> str:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
     return process.communicate(timeout=30)[0]
+
+
+class SlowUploads:
+    """`clients` threads, each POSTing over and over, one connection a request, a body of `chunks` bytes
+    sent one byte every `seconds / chunks`. nginx passes the body on as it arrives, so the backend holds
+    each request for about `seconds`: stopping a node that still has requests in flight fails them.
+    Bounded: each thread stops at `stop()` or after `limit` seconds, and every socket has a timeout."""
+
+    def __init__(
+        self, url: str, clients: int = 24, seconds: float = 1.0, chunks: int = 10, limit: float = 180.0
+    ) -> None:
+        host, port = url.removeprefix("http://").split("/")[0].rsplit(":", 1)
+        self.address = (host, int(port))
+        self.clients, self.seconds, self.chunks, self.limit = clients, seconds, chunks, limit
+        self.requests = 0
+        self.failures = 0
+        self.errors: list[str] = []  # the first few, to say what failed
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def start(self) -> SlowUploads:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> tuple[int, int]:
+        """(requests, failures). Requests in flight finish first (at full speed once halted)."""
+        self._halt.set()
+        for thread in self._threads:
+            thread.join(30)
+        return self.requests, self.failures
+
+    def _client(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self._halt.is_set() and time.monotonic() < deadline:
+            error = self._one()
+            with self._lock:
+                self.requests += 1
+                if error is not None:
+                    self.failures += 1
+                    if len(self.errors) < 5:
+                        self.errors.append(error)
+
+    def _one(self) -> str | None:
+        """One request; None when it got a 2xx, else what went wrong."""
+        head = (
+            f"POST / HTTP/1.1\r\nHost: {self.address[0]}\r\nContent-Length: {self.chunks}\r\n"
+            "Content-Type: text/plain\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            with socket.create_connection(self.address, timeout=10) as sock:
+                sock.sendall(head.encode())
+                for _ in range(self.chunks):
+                    sock.sendall(b"x")
+                    self._halt.wait(self.seconds / self.chunks)  # pacing the upload (a halt sends the rest at once)
+                answer = b""
+                for _ in range(64):  # bounded: a few reads carry the whole small answer
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    answer += data
+        except OSError as error:
+            return f"{type(error).__name__}: {error}"
+        status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+        parts = status.split()
+        if len(parts) >= 2 and parts[1].startswith("2"):
+            return None
+        return status or "no answer"
+
+
+def main() -> None:
+    """`python -m tests.nginx_harness views --consul URL --port N`: NginxViews following Consul, as
+    its own process (a benchmark keeps it out of the measured process, as nginx is)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="nginx's upstream_show and check_status views, following Consul")
+    parser.add_argument("what", choices=["views"])
+    parser.add_argument("--consul", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", default="app")
+    parser.add_argument("--prefix", default="upstreams")
+    args = parser.parse_args()
+    views = NginxViews(args.upstream, port=args.port)
+    watcher = ConsulWatcher(args.consul, views, args.prefix)
+    watcher.start()
+    print(json.dumps({"listening": views.url}), flush=True)
+    try:
+        views.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -12,6 +13,11 @@ from pathlib import Path
 import pytest
 
 from bot.processes import free_port, port_free
+from bot.terminal import TerminalFrontEnd
+from commands.addresses import ServerAddress
+from commands.events import DECISION_OPTIONS, DecisionNeeded
+from commands.release_plan import ReleasePlan
+from commands.release_state import ReleaseState
 from tests.conftest import Consul
 
 BIN = [sys.executable, "-m", "bot.cli"]
@@ -84,7 +90,7 @@ def test_demo_takes_the_same_commands_at_its_prompt() -> None:
     base = next(p for p in range(19001, 19900, 10) if all(port_free(p + i) for i in range(3)))
     script = (
         f"/upstream status app\n/drain 127.0.0.1:{base}\ny\n/upstream status app\n"
-        f"/undrain 127.0.0.1:{base}\n/upstream status app\nexit\n"
+        f"/undrain 127.0.0.1:{base}\ny\n/upstream status app\nexit\n"  # /undrain asks first too
     )
     result = upstream_bot("demo", "--base-port", str(base), stdin=script)
     assert result.returncode == 0, result.stderr
@@ -181,3 +187,73 @@ def test_serve_refuses_to_start_without_a_usable_token(tmp_path: Path, consul: C
     finally:
         server.stop()
     assert refused.returncode == 2 and "invalid_auth" in refused.stderr
+
+
+# -- the terminal's decisions (in process: the engine's questions, answered at the prompt) ----------------
+
+
+class DecisionRecorder:
+    """Stands in for the service: records what the terminal decided."""
+
+    releases = None
+
+    def __init__(self) -> None:
+        self.decided: list[str] = []
+
+    async def decide(self, app: str, decision_id: str, decision: str, by: str, notifier: object) -> None:
+        self.decided.append(decision)
+
+
+def decision(kind: str) -> DecisionNeeded:
+    node = ServerAddress("127.0.0.1", 9001)
+    plan = ReleasePlan("app", "local:test", "2", "serial", ((node,),), ("stop", "deploy", "start"))
+    return DecisionNeeded(ReleaseState.new(plan, 0.0), kind, "d1", node, "health window failed")
+
+
+@pytest.mark.parametrize(
+    ("kind", "answers", "chosen"),
+    [
+        ("restore_failed", ["restore_unhealthy", "yes"], "restore_unhealthy"),
+        ("restore_failed", ["restore_unhealthy", "y"], "leave"),  # only the word "yes" confirms it
+        ("restore_failed", ["restore", "retry"], "retry"),  # not an option here: asked again
+        ("restore_failed", [""], "leave"),
+        ("failure", ["restore"], "restore"),
+        ("failure", [None], "leave"),  # end of input
+        ("canary", ["y"], "continue"),
+        ("canary", [""], "abort"),
+    ],
+)
+async def test_terminal_offers_the_events_options_and_confirms_dangerous_ones_twice(
+    kind: str, answers: list[str | None], chosen: str
+) -> None:
+    asked: list[str] = []
+
+    async def ask(prompt: str) -> str | None:
+        asked.append(prompt)
+        return answers[len(asked) - 1]
+
+    service, out = DecisionRecorder(), io.StringIO()
+    front = TerminalFrontEnd(service, ask=ask, out=out)  # type: ignore[arg-type]
+    await front.emit(decision(kind))
+    assert service.decided == [chosen]
+    assert len(asked) == len(answers)
+    assert all(option in asked[0] for option in DECISION_OPTIONS[kind])
+    shown = out.getvalue()
+    assert all(re.search(rf"^\s+{option}\s", shown, re.M) for option in DECISION_OPTIONS[kind])
+    if kind == "restore_failed":
+        assert "DANGEROUS" in shown and "could not be restored" in shown
+    if answers[0] == "restore_unhealthy":
+        assert asked[1].startswith('Type "yes"')
+
+
+@pytest.mark.parametrize(
+    ("kind", "chosen"), [("restore_failed", "leave"), ("failure", "leave"), ("canary", "continue")]
+)
+async def test_with_yes_a_failure_is_left_drained_and_nothing_dangerous_is_chosen(kind: str, chosen: str) -> None:
+    async def ask(prompt: str) -> str | None:
+        raise AssertionError(f"--yes asked {prompt!r}")
+
+    service = DecisionRecorder()
+    front = TerminalFrontEnd(service, ask=ask, out=io.StringIO(), assume_yes=True)  # type: ignore[arg-type]
+    await front.emit(decision(kind))
+    assert service.decided == [chosen]
