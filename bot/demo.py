@@ -68,7 +68,7 @@ async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = Fal
         for port in ports:
             start_sample_service(port, state_dir=state)
         config = demo_config(server.url, ports, state)
-        async with service_for(config) as service:
+        async with service_for(config, echo=None) as service:
             # What a release leaves drained is put back at this prompt, not with `upstream-bot run`:
             # the demo's Consul lives in this process.
             front = TerminalFrontEnd(service, user="local:demo", assume_yes=assume_yes, put_back_form=PROMPT_FORM)

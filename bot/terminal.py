@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import os
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from commands.events import (
     ReleaseFinished,
     ReleasePlanned,
     ReleaseUpdate,
+    WatchOffRequested,
 )
 from commands.grammar import parse_line
 from commands.release_engine import ReleaseEngine
@@ -118,7 +120,9 @@ class TerminalFrontEnd:
         self.assume_yes = assume_yes
         self.user = user or terminal_user()
         self.put_back_form = put_back_form
-        self._pending: ConfirmationNeeded | ReleasePlanned | AbortRequested | None = None
+        self._pending: ConfirmationNeeded | ReleasePlanned | AbortRequested | WatchOffRequested | None = None
+        # Where history entries say a command came from: a CI job or a person at a terminal.
+        self.where = "ci" if os.environ.get("CI") else "terminal"
         # The latest state of the release this front end saw, from its events: a cancelled run has no
         # ReleaseFinished, and still has to say what it left drained.
         self.release_state: ReleaseState | None = None
@@ -131,7 +135,7 @@ class TerminalFrontEnd:
         print(line, file=self.out, flush=True)
 
     async def emit(self, event: Event) -> None:
-        if isinstance(event, ConfirmationNeeded | ReleasePlanned | AbortRequested):
+        if isinstance(event, ConfirmationNeeded | ReleasePlanned | AbortRequested | WatchOffRequested):
             self._pending = event
         if isinstance(event, ReleaseUpdate | ReleaseFinished | DecisionNeeded):
             self.release_state = event.state
@@ -224,11 +228,15 @@ class TerminalFrontEnd:
                 outcome = await self.service.confirm(pending.plan, pending.stage, self.user, self)
             elif isinstance(pending, ReleasePlanned):
                 outcome = await self.service.start_release(pending.plan, pending.stage, self.user, self)
+            elif isinstance(pending, WatchOffRequested):
+                outcome = await self.service.set_watch(pending.app, False, self.user, pending.reason, self)
             else:
                 outcome = await self.service.abort_release(pending.app, pending.release_id, self.user, self)
         return outcome
 
-    async def _confirmed(self, pending: ConfirmationNeeded | ReleasePlanned | AbortRequested) -> bool:
+    async def _confirmed(
+        self, pending: ConfirmationNeeded | ReleasePlanned | AbortRequested | WatchOffRequested
+    ) -> bool:
         if self.assume_yes:
             stage = getattr(pending, "stage", 1)
             self._print(f"confirmed by --yes ({'second ' if stage > 1 else ''}confirmation)")

@@ -8,12 +8,14 @@ from commands.events import (
     DANGEROUS_OPTIONS,
     AbortRequested,
     AlertsReport,
+    Announcement,
     ApprovalRequested,
     ChangeApplied,
     ConfirmationNeeded,
     DecisionNeeded,
     Event,
     Help,
+    HistoryReport,
     Notice,
     Problem,
     ReleaseDryRun,
@@ -24,7 +26,9 @@ from commands.events import (
     ServerStatus,
     StatusReport,
     StepOutput,
+    WatchOffRequested,
 )
+from commands.history import HistoryEntry
 from commands.release_state import NodeState, Phase, ReleaseState
 from commands.watch import Incident, WatchEvent
 
@@ -50,6 +54,8 @@ def server_line(s: ServerStatus) -> str:
         parts.append(f"value: {s.invalid_value}")
     if s.disagreement:
         parts.append(f"DISAGREEMENT: {s.disagreement}")
+    if s.drained_note:
+        parts.append(f"({s.drained_note})")
     return "  ".join(parts)
 
 
@@ -167,6 +173,23 @@ def decision_lines(event: DecisionNeeded) -> list[str]:
     return [head, "  options:", *[f"    {o:<18} {option_label(o)}".rstrip() for o in event.options]]
 
 
+def history_line(entry: HistoryEntry) -> str:
+    parts = [entry.at, entry.who, f"({entry.where})", entry.what]
+    if entry.target:
+        parts.append(entry.target)
+    if entry.before is not None or entry.after is not None:
+        before = "-" if entry.before is None else f"down={entry.before.get('down', '?')}"
+        after = "-" if entry.after is None else f"down={entry.after.get('down', '?')}"
+        parts.append(f"{before} -> {after}")
+    if entry.force:
+        parts.append("--force")
+    if entry.reason:
+        parts.append(f'reason "{entry.reason}"')
+    if entry.outcome:
+        parts.append(f": {entry.outcome}")
+    return " ".join(parts)
+
+
 def event_lines(event: Event) -> list[str]:
     match event:
         case WatchEvent():
@@ -210,6 +233,14 @@ def event_lines(event: Event) -> list[str]:
             return applied_lines(event)
         case Notice(text=text) | Help(text=text):
             return text.replace("`", "").splitlines()
+        case Announcement(text=text):
+            return [f"{when(time.time())}  {text}"]
+        case WatchOffRequested(app=app, reason=reason):
+            why = f" ({reason})" if reason else ""
+            return [f"Turn the health watch of {app} OFF{why}? No alert is sent for it until it is on again."]
+        case HistoryReport(app=app, target=target, entries=entries):
+            head = f"History of {app}{f' {target}' if target else ''}, newest first ({len(entries)}):"
+            return [head, *[f"  {history_line(e)}" for e in entries]] if entries else [f"{head} nothing recorded."]
         case Problem(text=text):
             return [f"error: {line}" if i == 0 else line for i, line in enumerate(text.replace("`", "").splitlines())]
     return [repr(event)]

@@ -181,9 +181,10 @@ class CommandService:
 
     async def set_watch(self, app: str, on: bool, who: str, reason: str | None, notifier: Notifier) -> Outcome:
         """Turn the watch of `app` on or off (off was confirmed); announced in the channel, naming who."""
-        await self._may_change(who, [app], "turn the watch of")
-        if self.watches is None:
-            raise UserError("The health watch does not run in this process; nothing was changed.")
+        refusal = await self.policy.change_refusal(who, [app], "turn the watch of")
+        if refusal or self.watches is None:
+            await notifier.emit(Problem(refusal or "The health watch does not run in this process; nothing changed."))
+            return Outcome.REFUSED
         text = self.watches.set_enabled(app, on)
         await self.record(notifier, app, f"watch.{'on' if on else 'off'}", who, reason=reason, outcome=text)
         why = f" ({reason})" if reason else ""

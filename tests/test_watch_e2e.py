@@ -25,7 +25,8 @@ def watched(tmp_path: Path) -> Iterator[tuple[Bot, list[int], dict[int, subproce
     ports = sorted(free_port() for _ in range(3))
     processes = {p: start_sample_service(p) for p in ports}
     config = (
-        "slack:\n  channel: C0DEPLOY\napps:\n  app:\n    approvers: [U2BOB]\n"
+        "slack:\n  channel: C0DEPLOY\naccess:\n  operators: [U1ALICE, U2BOB, S0OPS]\n"
+        "apps:\n  app:\n    approvers: [U2BOB]\n"
         "    health:\n      url: http://{host}:{port}/ping\n"
         f"      interval: {INTERVAL}s\n      timeout: {INTERVAL}s\n"
         f"      window: {WINDOW}s\n      rise: 2\n"
