@@ -8,6 +8,7 @@ from typing import Any
 
 from bot.text_render import duration, incident_line, node_line, server_line, when
 from commands.events import (
+    DANGEROUS_OPTIONS,
     AbortRequested,
     AlertsReport,
     ChangeApplied,
@@ -254,34 +255,58 @@ def progress_message(state: ReleaseState, now: float, last_output: dict[str, str
     return f"{plan.title}: {state.status.value}", blocks[:50]
 
 
+# The decision buttons. The options come from the event (commands.events.DECISION_OPTIONS), never from
+# the kind, so a new option shows up without a change here (as its own name until it gets a label).
+DECISION_LABELS: dict[str, str] = {
+    "continue": "Continue",
+    "abort": "Abort",
+    "retry": "Retry node",
+    "restore": "Start, probe and restore",
+    "restore_unhealthy": "Restore UNHEALTHY node",
+    "leave": "Leave drained",
+}
+DECISION_STYLES: dict[str, str] = {"continue": "primary", "retry": "primary", "abort": "danger"}
+
+
+def decision_label(option: str) -> str:
+    return DECISION_LABELS.get(option, option.replace("_", " ").capitalize())
+
+
 def decision_message(event: DecisionNeeded, who: str) -> tuple[str, Blocks]:
     plan = event.state.plan
+    node = event.node
 
     def value(choice: str) -> str:
         return json.dumps({"app": plan.app, "decision_id": event.decision_id, "decision": choice})
 
     if event.kind == "canary":
-        text = f":bird: {who}: the canary {event.node} of *{plan.title}* is released and healthy. Continue?"
-        buttons = [
-            _button("Continue", "release_decision", value("continue"), "primary"),
-            _button("Abort", "release_decision", value("abort"), "danger"),
-        ]
+        text = f":bird: {who}: the canary {node} of *{plan.title}* is released and healthy. Continue?"
+    elif event.kind == "restore_failed":
+        text = (
+            f":rotating_light: {who}: *{plan.title}*: {node} was started and probed, and is NOT healthy: "
+            f"{event.reason}\n{node} stays drained; the other servers keep serving; nothing further is touched."
+        )
     else:
         text = (
-            f":rotating_light: {who}: *{plan.title}* stopped at {event.node}: {event.reason}\n"
-            f"{event.node} stays drained; the other servers keep serving; nothing further is touched."
+            f":rotating_light: {who}: *{plan.title}* stopped at {node}: {event.reason}\n"
+            f"{node} stays drained; the other servers keep serving; nothing further is touched."
         )
-        restore_confirm = _dialog(
-            "Restore a failed node?", f"{event.node} failed; it gets traffic again.", "Restore it", "Keep it drained"
-        )
-        buttons = [
-            _button("Retry this node", "release_decision", value("retry"), "primary"),
-            _button("Restore it anyway", "release_decision", value("restore"), "danger", restore_confirm),
-            _button("Leave it drained", "release_decision", value("leave")),
-        ]
+    buttons = []
+    for option in event.options:
+        style, confirm = DECISION_STYLES.get(option), None
+        if option in DANGEROUS_OPTIONS:
+            # Slack's own dialog: the explicit second confirmation before the press reaches the bot.
+            style = "danger"
+            confirm = _dialog(
+                "Put an unhealthy node back into traffic?",
+                f"{node} failed its health probe. Restored, it gets requests again, and they may fail.",
+                "Restore it",
+                "Keep it drained",
+            )
+        buttons.append(_button(decision_label(option), "release_decision", value(option), style, confirm))
     return text.replace("*", ""), [
         _section(text),
-        {"type": "actions", "block_id": f"decision_{event.decision_id}", "elements": buttons},
+        {"type": "actions", "block_id": f"decision_{event.decision_id}", "elements": buttons[:25]},
     ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
@@ -20,7 +21,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.approvers import ApproverDirectory, slack_error
+from bot.approvers import ApproverDirectory, slack_call, slack_error
 from bot.blocks import (
     abort_message,
     alert_message,
@@ -28,6 +29,7 @@ from bot.blocks import (
     applied_message,
     approval_message,
     confirmation_message,
+    decision_label,
     decision_message,
     mention,
     release_plan_message,
@@ -70,6 +72,9 @@ from commands.watch import WatchEvent
 log = logging.getLogger(__name__)
 SEEN_TRIGGERS = 2000  # slash-command trigger_ids remembered to ignore Slack's retries
 SILENCE = 3600.0  # the alert's "Silence 1 h"
+# Seconds a Slack call may take (slack-sdk's default is 30). Slack answers in well under a second; a
+# Slack that hangs must not hold whatever waits on it for long. SLACK_API_TIMEOUT overrides it.
+SLACK_TIMEOUT = 10
 
 
 TOKEN_ERRORS = ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired")
@@ -79,8 +84,20 @@ class BotTokenRefused(Exception):
     pass
 
 
-def make_client(token: str, api_url: str | None) -> AsyncWebClient:
-    client = AsyncWebClient(token=token, base_url=api_url or "https://slack.com/api/")
+def slack_timeout() -> int:
+    """SLACK_API_TIMEOUT (whole seconds, at least 1), or SLACK_TIMEOUT when unset or not a number."""
+    raw = os.environ.get("SLACK_API_TIMEOUT", "")
+    try:
+        return max(1, int(raw)) if raw else SLACK_TIMEOUT
+    except ValueError:
+        log.warning("SLACK_API_TIMEOUT=%r is not a whole number of seconds; using %d", raw, SLACK_TIMEOUT)
+        return SLACK_TIMEOUT
+
+
+def make_client(token: str, api_url: str | None, timeout: int | None = None) -> AsyncWebClient:
+    client = AsyncWebClient(
+        token=token, base_url=api_url or "https://slack.com/api/", timeout=timeout or slack_timeout()
+    )
     client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=2))
     return client
 
@@ -95,6 +112,15 @@ class SlackNotifier:
         self.response_url = response_url
 
     async def emit(self, event: Event) -> None:
+        """Never raises: the release engine and the commands emit through this, and nothing on the Slack
+        side (Slack down, a rendering bug) may stop or corrupt them. Slack calls are guarded one by one
+        (slack_call); this catches the rest."""
+        try:
+            await self._emit(event)
+        except Exception:
+            log.exception("cannot show %s in Slack", type(event).__name__)
+
+    async def _emit(self, event: Event) -> None:
         front = self.front
         match event:
             case StatusReport():
@@ -139,15 +165,11 @@ class SlackNotifier:
                 await front.watch_event(event)
 
     async def private(self, text: str, blocks: list[dict[str, Any]]) -> None:
-        """chat.postEphemeral; through the response_url where the bot is not in the channel."""
-        try:
-            await self.front.client.chat_postEphemeral(channel=self.channel, user=self.user, text=text, blocks=blocks)
+        """chat.postEphemeral; through the response_url where that failed (the bot is not in the channel)."""
+        call = self.front.client.chat_postEphemeral(channel=self.channel, user=self.user, text=text, blocks=blocks)
+        if await slack_call("chat.postEphemeral", self.channel, call) is not None or not self.response_url:
             return
-        except SlackApiError as error:
-            if not self.response_url:
-                log.error("cannot answer %s in %s: %s", self.user, self.channel, slack_error(error))
-                return
-        await AsyncWebhookClient(self.response_url).send(text=text, blocks=blocks, response_type="ephemeral")
+        await self.front.respond(self.response_url, self.channel, text=text, blocks=blocks, response_type="ephemeral")
 
 
 class SlackFrontEnd:
@@ -158,7 +180,7 @@ class SlackFrontEnd:
         self.confirmations = Confirmations()
         self.directory = ApproverDirectory(client)
         self._seen: OrderedDict[str, float] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.progresses: dict[str, ProgressMessage] = {}
         self.alerted: set[str] = set()  # releases whose failure was already posted with buttons
         self.alert_messages: dict[str, tuple[str, str]] = {}  # incident id -> (channel, ts) of its alert
@@ -179,10 +201,9 @@ class SlackFrontEnd:
         incident, now = event.incident, time.time()
         if event.kind in ("alert", "reminder") and incident is not None:
             text, blocks = alert_message(incident, now, self.app_people(event.app), event.kind == "reminder")
-            try:
-                response = await self.client.chat_postMessage(channel=self.channel, text=text, blocks=blocks)
-            except SlackApiError as error:
-                log.error("cannot post a health alert: %s", slack_error(error))
+            call = self.client.chat_postMessage(channel=self.channel, text=text, blocks=blocks)
+            response = await slack_call("chat.postMessage", self.channel, call)
+            if response is None:
                 return
             if event.kind == "alert":
                 self.alert_messages[incident.id] = (self.channel, response["ts"])
@@ -194,10 +215,9 @@ class SlackFrontEnd:
                 return
             channel, ts = posted
             await self.post_thread(channel, ts, text)
-            try:
-                await self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
-            except SlackApiError as error:
-                log.error("cannot update the health alert: %s", slack_error(error))
+            await slack_call(
+                "chat.update", channel, self.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            )
         elif event.kind == "drained_reminder":
             by = f" by <@{event.by}>" if event.by and event.by[:1] in "UW" else (f" by {event.by}" if event.by else "")
             since = f"<!date^{int(event.since or now)}^{{date_short_pretty}} {{time}}|{when(event.since or now)}>"
@@ -271,8 +291,9 @@ class SlackFrontEnd:
 
     async def finished(self, state: ReleaseState, origin: str) -> None:
         progress = self.progress(state, origin)
-        await progress.finish(state)
-        await progress.reply(f"{state.plan.title}: {state.status.value}. {state.message}")
+        progress.reply(f"{state.plan.title}: {state.status.value}. {state.message}")  # sent after the final edit
+        # In the background: with Slack down, finish retries for about 30 s; nothing waits for that.
+        self.spawn(progress.finish(state))
         if state.status is Status.FAILED and state.plan.id not in self.alerted:
             # Stopped without a question (preflight, guard, lost lock): still tell the people concerned.
             await self.post(
@@ -285,17 +306,18 @@ class SlackFrontEnd:
         self.alerted.discard(state.plan.id)
 
     async def post(self, channel: str, text: str, blocks: list[dict[str, Any]]) -> None:
-        try:
-            await self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
-        except SlackApiError as error:
-            log.error("cannot post to %s: %s", channel, slack_error(error))
+        await slack_call(
+            "chat.postMessage", channel, self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
+        )
 
     async def announce(self, origin: str, text: str, blocks: list[dict[str, Any]]) -> None:
         for channel in dict.fromkeys(c for c in (origin, self.channel) if c):
-            try:
-                await self.client.chat_postMessage(channel=channel, text=text, blocks=blocks)
-            except SlackApiError as error:
-                log.error("cannot post to %s: %s", channel, slack_error(error))
+            await self.post(channel, text, blocks)
+
+    async def respond(self, url: str, channel: str | None, **message: Any) -> None:
+        """Post to an interaction's response_url (a Slack webhook), with the Web API client's timeout."""
+        webhook = AsyncWebhookClient(url, timeout=self.client.timeout)
+        await slack_call("response_url", channel, webhook.send(**message))
 
     def _first_time(self, trigger_id: str | None) -> bool:
         if not trigger_id:
@@ -326,11 +348,17 @@ class SlackFrontEnd:
         app.action("watch_silence")(self.on_watch_silence)
         app.action("watch_ack")(self.on_watch_ack)
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, object]) -> None:
         """Run `work` after the acknowledgement has gone out; keep a reference until it ends."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        # Said now, not whenever the task is collected: a listener's work that failed is a bug to see.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
 
     async def on_command(self, ack: Any, command: dict[str, Any]) -> None:
         await ack()  # before any other I/O: Slack gives up after 3 s
@@ -409,7 +437,8 @@ class SlackFrontEnd:
         """Swap the buttons for the verdict, so the message cannot be pressed again."""
         url = body.get("response_url")
         if url:
-            await AsyncWebhookClient(url).send(text=text, replace_original=True, blocks=text_message(text)[1])
+            channel = (body.get("channel") or {}).get("id")
+            await self.respond(url, channel, text=text, replace_original=True, blocks=text_message(text)[1])
 
     async def on_status_page(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
@@ -428,7 +457,7 @@ class SlackFrontEnd:
         text, blocks = status_message(report)
         url = body.get("response_url")
         if url:
-            await AsyncWebhookClient(url).send(text=text, blocks=blocks, replace_original=True)
+            await self.respond(url, channel, text=text, blocks=blocks, replace_original=True)
         else:
             await notifier.private(text, blocks)
 
@@ -510,12 +539,8 @@ class SlackFrontEnd:
         message = body.get("container", {}).get("message_ts") or (body.get("message") or {}).get("ts")
         text = f"{plan.title} (asked by <@{plan.requester}>): {verdict} by <@{user}>."
         if message and pending.channel:
-            try:
-                await self.client.chat_update(
-                    channel=pending.channel, ts=message, text=text, blocks=text_message(text)[1]
-                )
-            except SlackApiError as error:
-                log.error("cannot update the approval message: %s", slack_error(error))
+            call = self.client.chat_update(channel=pending.channel, ts=message, text=text, blocks=text_message(text)[1])
+            await slack_call("chat.update", pending.channel, call)
         if verdict == "rejected":
             await self._ask_reason(body, plan, pending.channel, message)
             return
@@ -543,10 +568,7 @@ class SlackFrontEnd:
                 }
             ],
         }
-        try:
-            await self.client.views_open(trigger_id=trigger, view=view)
-        except SlackApiError as error:
-            log.warning("cannot open the rejection modal: %s", slack_error(error))
+        await slack_call("views.open", channel, self.client.views_open(trigger_id=trigger, view=view))
 
     async def on_reject_reason(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
@@ -561,10 +583,9 @@ class SlackFrontEnd:
             )
 
     async def post_thread(self, channel: str, ts: str | None, text: str) -> None:
-        try:
-            await self.client.chat_postMessage(channel=channel, thread_ts=ts, text=text)
-        except SlackApiError as error:
-            log.error("cannot post to %s: %s", channel, slack_error(error))
+        await slack_call(
+            "chat.postMessage", channel, self.client.chat_postMessage(channel=channel, thread_ts=ts, text=text)
+        )
 
     async def _may_steer(self, user: str, app: str) -> bool:
         """Decisions and aborts: the release's requester or an approver of the app."""
@@ -597,7 +618,7 @@ class SlackFrontEnd:
             await self.post_thread(
                 (body.get("channel") or {}).get("id", ""),
                 (body.get("message") or {}).get("ts"),
-                f"<@{user}> chose: {value['decision']}",
+                f"<@{user}> chose: {decision_label(value['decision'])}",
             )
 
     async def on_release_abort(self, ack: Any, body: dict[str, Any]) -> None:

@@ -4,14 +4,25 @@ Answers the methods the bot uses like Slack does (`auth.test`, `chat.postMessage
 `chat.postEphemeral`, `usergroups.users.list`, `views.open`, ...), and records each request's
 method, decoded body and token. `POST /response/<id>` stands in for a `response_url`.
 `rate_limit(method, times)` answers 429 with `Retry-After` that many times.
+
+"Slack is down", for outage tests (every `/api/*` and `/response/*` request; never `/_standin/*`),
+settable in process with `set_faults(...)` or over HTTP with `PUT /_standin/faults` {"status": 503}
+(keys left out keep their value; `GET /_standin/faults` reads them), like the Consul stand-in:
+- `status`: answer every call with that HTTP status and a non-JSON body (a load balancer's 503);
+- `reset`: drop the connection without an answer (the client sees a disconnect / reset);
+- `delay`: hang; answer (normally) only after that many seconds, or as soon as `delay` is cleared.
+Every faulted request is still recorded (a hanging one when it arrives), its `fault` saying what it
+met, so a test can wait for "the bot tried and Slack failed it" before asserting what happened next.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,6 +36,9 @@ class Call:
     token: str | None
     at: float
     answer: dict[str, Any] = field(default_factory=dict)  # what the stand-in answered (its "ts", say)
+    # "" when answered normally; else the injected fault: "status 503", "reset", or "hung" (recorded
+    # when it came in; if the client still waits when the hang ends, it is answered, and recorded, again)
+    fault: str = ""
 
     @property
     def text(self) -> str:
@@ -50,6 +64,17 @@ def _texts(node: Any) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class Faults:
+    status: int = 0  # answer every call with this HTTP status (0: off)
+    reset: bool = False  # drop every connection without an answer
+    delay: float = 0.0  # hang this many seconds before answering (0: off)
+
+    @property
+    def down(self) -> bool:
+        return bool(self.status or self.reset or self.delay)
+
+
 @dataclass
 class SlackStandIn:
     usergroups: dict[str, list[str]] = field(default_factory=dict)
@@ -60,6 +85,8 @@ class SlackStandIn:
         self._lock = threading.Lock()
         self._ts = 1_700_000_000.000100
         self._rate_limits: dict[str, int] = {}
+        self._faults = Faults()
+        self._hangs: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []  # requests hanging now
 
     # -- reading the record (any thread) ---------------------------------------------------------
 
@@ -75,6 +102,25 @@ class SlackStandIn:
         with self._lock:
             self._rate_limits[method] = times
 
+    @property
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._faults
+
+    def set_faults(self, **changes: Any) -> Faults:
+        """Change some faults (status=503, reset=True, delay=30.0); the others keep their value.
+        Safe from any thread: requests read the faults under the same lock."""
+        with self._lock:
+            self._faults = replace(self._faults, **changes)
+            if not self._faults.delay:  # the hang is lifted: wake the requests hanging now
+                for loop, lifted in self._hangs:
+                    loop.call_soon_threadsafe(lifted.set)
+            return self._faults
+
+    def clear_faults(self) -> None:
+        """Slack is back: new requests are answered normally, and hanging ones are answered now."""
+        self.set_faults(status=0, reset=False, delay=0.0)
+
     def wait_for(self, predicate, timeout: float = 10.0, method: str | None = None) -> Call:  # type: ignore[no-untyped-def]
         """Poll the record until a call matches, or fail with what was seen."""
         deadline = time.monotonic() + timeout
@@ -83,7 +129,7 @@ class SlackStandIn:
                 if predicate(call):
                     return call
             time.sleep(0.02)
-        seen = "\n".join(f"  {c.method}: {c.text[:200]!r}" for c in self.calls())
+        seen = "\n".join(f"  {c.method}{f' ({c.fault})' if c.fault else ''}: {c.text[:200]!r}" for c in self.calls())
         raise AssertionError(f"no matching Slack call within {timeout} s; calls seen:\n{seen}")
 
     # -- HTTP ------------------------------------------------------------------------------------
@@ -93,7 +139,64 @@ class SlackStandIn:
         app.router.add_post("/api/{method}", self._api)
         app.router.add_get("/api/{method}", self._api)  # slack_sdk sends some methods (usergroups.*) as GET
         app.router.add_post("/response/{id}", self._response_url)
+        app.router.add_put("/_standin/faults", self._set_faults)
+        app.router.add_get("/_standin/faults", self._get_faults)
         return app
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        known = {k: body[k] for k in ("status", "reset", "delay") if k in body}
+        faults = self.set_faults(
+            **{k: (int(v) if k == "status" else bool(v) if k == "reset" else float(v)) for k, v in known.items()}
+        )
+        return web.json_response(asdict(faults))
+
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(self.faults))
+
+    def _record(self, call: Call) -> None:
+        with self._lock:
+            self._calls.append(call)
+
+    async def _fault(self, request: web.Request, call: Call) -> web.StreamResponse | None:
+        """Apply the injected faults to one request, recording it when faulted: an answer to send
+        instead of the real one, or None to answer normally (also after a hang, to a client still
+        waiting). Hangs first, then fails, as a sick Slack would."""
+        faults = self.faults
+        if faults.delay:
+            self._record(replace(call, fault="hung"))
+            # Bounded: until the delay is over or the hang is lifted (clear_faults / PUT delay 0), so a
+            # test that restores Slack also ends the requests that were hanging (and the server's shutdown
+            # does not wait on them).
+            lifted = asyncio.Event()
+            hang = (asyncio.get_running_loop(), lifted)
+            with self._lock:  # registered and re-checked under the lock set_faults changes them under
+                self._hangs.append(hang)
+                delay = self._faults.delay
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lifted.wait(), delay)
+            finally:
+                with self._lock:
+                    self._hangs.remove(hang)
+            if request.transport is None or request.transport.is_closing():
+                # The client gave up (its timeout) and closed the connection: nobody to answer, and
+                # nothing done (real Slack might have done it; a test would then see a call it cannot
+                # tell from a refused one).
+                return web.Response(status=504)
+            faults = self.faults
+            if not faults.status and not faults.reset:
+                return None  # answered normally now, to a client still waiting: recorded as such
+        if faults.reset:
+            self._record(replace(call, fault="reset"))
+            # abort(), not close(): no answer and no orderly shutdown, like a crashed proxy.
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=502)  # never reaches the client
+        if faults.status:
+            self._record(replace(call, fault=f"status {faults.status}"))
+            return web.Response(status=faults.status, text="upstream connect error or disconnect/reset")
+        return None
 
     def _next_ts(self) -> str:
         with self._lock:
@@ -115,10 +218,13 @@ class SlackStandIn:
                     pass
         return args
 
-    async def _api(self, request: web.Request) -> web.Response:
+    async def _api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
         args = await self._decode(request)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or args.get("token")
+        failed = await self._fault(request, Call(method, args, token, time.time()))
+        if failed is not None:
+            return failed
         with self._lock:
             limited = self._rate_limits.get(method, 0)
             if limited:
@@ -131,8 +237,7 @@ class SlackStandIn:
             answer = {"ok": False, "error": "invalid_auth"}
         else:
             answer = self._answer(method, args)
-        with self._lock:
-            self._calls.append(Call(method, args, token, time.time(), answer))
+        self._record(Call(method, args, token, time.time(), answer))
         if limited:
             return web.json_response(answer, status=429, headers={"Retry-After": "1"})
         return web.json_response(answer)
@@ -170,8 +275,10 @@ class SlackStandIn:
             return {"ok": True, "view": {"id": "V0STANDIN", **(args.get("view") or {})}}
         return {"ok": True}
 
-    async def _response_url(self, request: web.Request) -> web.Response:
-        args = await self._decode(request)
-        with self._lock:
-            self._calls.append(Call("response_url", {**args, "_id": request.match_info["id"]}, None, time.time()))
+    async def _response_url(self, request: web.Request) -> web.StreamResponse:
+        args = {**await self._decode(request), "_id": request.match_info["id"]}
+        failed = await self._fault(request, Call("response_url", args, None, time.time()))
+        if failed is not None:
+            return failed
+        self._record(Call("response_url", args, None, time.time()))
         return web.Response(text="ok")
