@@ -31,10 +31,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.clock import SystemClock
-from bot.consul_store import ConsulStore
+from bot.consul.store import ConsulStore
 from bot.executors.local import LocalExecutor
-from bot.nginx_status import HttpNginxReader, parse_upstream_show
-from bot.prober import HttpProber
+from bot.health.prober import HttpProber
+from bot.nginx.status import HttpNginxReader, parse_upstream_show
 from bot.processes import free_port, start_sample_service, stop, wait_http
 from commands.interfaces import NginxView
 from commands.release_engine import ReleaseEngine

@@ -25,11 +25,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.clock import SystemClock
-from bot.consul_store import ConsulStore
-from bot.nginx_status import HttpNginxReader
-from bot.prober import HttpProber
+from bot.consul.store import ConsulStore
+from bot.health.prober import HttpProber
+from bot.health.scheduler import HealthWatcher
+from bot.nginx.status import HttpNginxReader
 from bot.processes import free_port, stop, wait_http
-from bot.watch_scheduler import HealthWatcher
 from commands.servers import DEFAULTS, encode
 from commands.settings import AppSettings, HealthSettings, WatchSettings
 

@@ -69,7 +69,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     problems, notes = environment_problems(config, os.environ)
     if args.connect:
-        from bot.consul_store import ConsulStore
+        from bot.consul.store import ConsulStore
         from commands.errors import StoreError
 
         store = ConsulStore(config.consul.addresses, config.consul.prefix, config.consul.token, config.consul.timeout)
@@ -110,7 +110,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 async def _run(config: Config, line: str, yes: bool) -> int:
     from bot.runtime import service_for
-    from bot.terminal import TerminalFrontEnd
+    from bot.terminal.frontend import TerminalFrontEnd
 
     async with service_for(config) as service:
         front = TerminalFrontEnd(service, assume_yes=yes)
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would drown the log
     if args.command == "demo":
-        from bot.demo import run_demo
+        from bot.terminal.demo import run_demo
 
         try:
             return asyncio.run(run_demo(args.base_port, assume_yes=args.yes))
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Ctrl-C outside the command itself (connecting, shutting down): nothing was started by it.
             print("interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
-    from bot.serve import serve
+    from bot.slack.serve import serve
 
     try:
         return asyncio.run(serve(config, http=args.http, host=args.host, port=args.port))

@@ -13,13 +13,13 @@ import httpx
 
 from bot.clock import SystemClock
 from bot.config import Config
-from bot.consul_history import ConsulHistory
-from bot.consul_lock import ConsulLockManager
-from bot.consul_store import ConsulStore
+from bot.consul.history import ConsulHistory
+from bot.consul.lock import ConsulLockManager
+from bot.consul.store import ConsulStore
 from bot.executors.factory import executor_for
-from bot.nginx_status import HttpNginxReader
-from bot.prober import HttpProber
-from bot.watch_scheduler import HealthWatcher
+from bot.health.prober import HttpProber
+from bot.health.scheduler import HealthWatcher
+from bot.nginx.status import HttpNginxReader
 from commands.access import AccessPolicy, Directory, ListedOnly
 from commands.interfaces import Executor
 from commands.releases import Releases

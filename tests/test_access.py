@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import httpx
 import pytest
 
-from bot.consul_history import ConsulHistory
-from bot.consul_store import ConsulStore
-from bot.nginx_status import HttpNginxReader
-from bot.prober import HttpProber
+from bot.consul.history import ConsulHistory
+from bot.consul.store import ConsulStore
+from bot.health.prober import HttpProber
+from bot.nginx.status import HttpNginxReader
 from commands.access import AccessPolicy
 from commands.events import Announcement, ConfirmationNeeded, HistoryReport, Problem, StatusReport, WatchOffRequested
 from commands.grammar import parse_line
@@ -91,7 +91,8 @@ async def test_only_operators_may_change_an_app_and_everyone_may_read(
     for line in (*lines, "/upstream watch app off", "/release app --version 2", f"/undrain {a} app"):
         outcome, notifier = await ask(service, line, "U9EVE")
         assert outcome is Outcome.REFUSED, line
-        assert "only operators of app" in notifier.of(Problem)[0].text and "<!subteam^S0OPS>" in notifier.of(Problem)[0].text
+        text = notifier.of(Problem)[0].text
+        assert "only operators of app" in text and "<!subteam^S0OPS>" in text
     assert down(consul, a) == 0 and consul.value(f"upstreams/app/127.0.0.1:{services[2]}") is None
     outcome, notifier = await ask(service, "/upstream status app", "U9EVE")
     assert outcome is Outcome.DONE and notifier.of(StatusReport)

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-import bot.consul_lock as lock_module
-from bot.consul_lock import ConsulLockManager
-from bot.consul_store import ConsulStore
+import bot.consul.lock as lock_module
+from bot.consul.lock import ConsulLockManager
+from bot.consul.store import ConsulStore
 from commands.interfaces import LockInfo
 from tests.conftest import Consul
 

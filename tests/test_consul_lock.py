@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
-import bot.consul_lock as module
-from bot.consul_lock import ConsulLockManager
-from bot.consul_store import ConsulStore
+import bot.consul.lock as module
+from bot.consul.lock import ConsulLockManager
+from bot.consul.store import ConsulStore
 from commands.interfaces import LockBusy, LockInfo
 from tests.conftest import Consul
 

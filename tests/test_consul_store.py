@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot import consul_store
-from bot.consul_store import ConsulStore
+from bot.consul import store as consul_store
+from bot.consul.store import ConsulStore
 from bot.processes import free_port
 from commands.addresses import ServerAddress
 from commands.errors import StoreForbidden, StoreNotFound, StoreRejected, StoreUnavailable, StoreUncertain

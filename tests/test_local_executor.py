@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bot.terminal.frontend.demo import demo_steps
 
-from bot.demo import demo_steps
 from bot.executors.local import LocalExecutor
 from bot.executors.process import SAFE_PATH, minimal_environment
 from bot.processes import free_port, start_sample_service, stop_sample_service

@@ -1,6 +1,6 @@
 import pytest
 
-from bot.nginx_status import NginxFormatError, parse_check_status_csv, parse_check_status_json, parse_upstream_show
+from bot.nginx.status import NginxFormatError, parse_check_status_csv, parse_check_status_json, parse_upstream_show
 
 CHECK_JSON_TRAILING_COMMA = """{"servers": {"total": 3, "generation": 3, "server": [
  {"index": 0, "upstream": "app", "name": "127.0.0.1:9000", "status": "up", "rise": 58, "fall": 0, "type": "http"},

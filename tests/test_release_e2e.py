@@ -20,13 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bot.terminal.frontend.demo import demo_steps
 
 from bot.clock import SystemClock
-from bot.consul_store import ConsulStore
-from bot.demo import demo_steps
+from bot.consul.store import ConsulStore
 from bot.executors.local import LocalExecutor
-from bot.nginx_status import HttpNginxReader
-from bot.prober import HttpProber
+from bot.health.prober import HttpProber
+from bot.nginx.status import HttpNginxReader
 from bot.processes import free_port, start_sample_service, stop_sample_service
 from commands.release_engine import ReleaseEngine
 from commands.release_plan import plan_release

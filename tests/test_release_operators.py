@@ -22,11 +22,11 @@ import httpx
 import pytest
 
 from bot.clock import SystemClock
-from bot.consul_lock import ConsulLockManager
-from bot.consul_store import ConsulStore
+from bot.consul.lock import ConsulLockManager
+from bot.consul.store import ConsulStore
 from bot.executors.local import LocalExecutor
-from bot.nginx_status import HttpNginxReader
-from bot.prober import HttpProber
+from bot.health.prober import HttpProber
+from bot.nginx.status import HttpNginxReader
 from commands.access import AccessPolicy
 from commands.addresses import ServerAddress
 from commands.events import ChangeApplied, ConfirmationNeeded, Problem, ReleaseFinished

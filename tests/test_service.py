@@ -9,9 +9,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from bot.consul_store import ConsulStore
-from bot.nginx_status import HttpNginxReader
-from bot.prober import HttpProber
+from bot.consul.store import ConsulStore
+from bot.health.prober import HttpProber
+from bot.nginx.status import HttpNginxReader
 from bot.processes import free_port
 from bot.standins.server_thread import ServerThread
 from commands.access import AccessPolicy

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from bot.blocks import decision_message
 from bot.processes import free_port, start_sample_service, stop
+from bot.slack.blocks import decision_message
 from bot.standins.slack import Call
 from commands.addresses import ServerAddress
 from commands.events import DANGEROUS_OPTIONS, DECISION_OPTIONS, DecisionNeeded

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-from bot.consul_store import ConsulStore
-from bot.nginx_status import HttpNginxReader
-from bot.prober import HttpProber
+from bot.consul.store import ConsulStore
+from bot.health.prober import HttpProber
+from bot.nginx.status import HttpNginxReader
 from commands.access import AccessPolicy
 from commands.events import ChangeApplied, ConfirmationNeeded
 from commands.grammar import parse_line

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import httpx
 
 from bot.agent.signing import SignedTarget, sign
-from bot.prober import connect_reason
+from bot.health.prober import connect_reason
 from commands.interfaces import OutputSink
 from commands.settings import AppSettings
 from commands.steps import OutputLine, OutputTail, StepResult, StepTarget, validate_target

@@ -10,10 +10,10 @@ import sys
 from aiohttp import web
 
 from bot.config import Config
-from bot.http_server import build_web_app
+from bot.health.scheduler import HealthWatcher
 from bot.runtime import service_for
-from bot.slack_app import BotTokenRefused, SlackFrontEnd, build_app, make_client, warm_up
-from bot.watch_scheduler import HealthWatcher
+from bot.slack.app import BotTokenRefused, SlackFrontEnd, build_app, make_client, warm_up
+from bot.slack.http_server import build_web_app
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import TextIO
 
-from bot.consul_store import ConsulStore
+from bot.consul.store import ConsulStore
 from commands.errors import StoreError
 from commands.history import HistoryEntry
 

@@ -13,7 +13,7 @@ import re
 
 import httpx
 
-from bot.prober import connect_reason
+from bot.health.prober import connect_reason
 from commands.interfaces import NginxView
 from commands.settings import AppSettings
 

@@ -21,8 +21,8 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.approvers import ApproverDirectory, slack_call, slack_error
-from bot.blocks import (
+from bot.confirmations import ClaimRefused, Confirmations, Pending
+from bot.slack.blocks import (
     abort_message,
     alert_message,
     alerts_message,
@@ -38,9 +38,9 @@ from bot.blocks import (
     status_message,
     text_message,
 )
-from bot.confirmations import ClaimRefused, Confirmations, Pending
-from bot.progress import ProgressMessage
-from bot.text_render import when
+from bot.slack.directory import ApproverDirectory, slack_call, slack_error
+from bot.slack.progress import ProgressMessage
+from bot.terminal.render import when
 from commands.errors import UserError
 from commands.events import (
     AbortRequested,

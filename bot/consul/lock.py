@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any
 
-from bot.consul_store import ConsulStore
+from bot.consul.store import ConsulStore
 from commands.errors import StoreError, StoreNotFound
 from commands.interfaces import LockBusy, LockInfo
 

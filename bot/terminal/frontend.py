@@ -18,7 +18,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from bot.text_render import event_lines, option_label
+from bot.terminal.render import event_lines, option_label
 from commands.errors import UserError
 from commands.events import (
     DANGEROUS_OPTIONS,

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from bot.text_render import duration, incident_line, node_line, server_line, when
+from bot.terminal.render import duration, incident_line, node_line, server_line, when
 from commands.events import (
     DANGEROUS_OPTIONS,
     AbortRequested,

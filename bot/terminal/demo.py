@@ -14,12 +14,12 @@ from pathlib import Path
 
 from bot.cli import EXIT_INTERRUPTED
 from bot.config import Config, ConsulConfig
+from bot.health.scheduler import HealthWatcher
 from bot.processes import port_free, start_sample_service, stop_sample_service
 from bot.runtime import service_for
 from bot.standins.consul import ConsulStandIn
 from bot.standins.server_thread import ServerThread
-from bot.terminal import PROMPT_FORM, TerminalFrontEnd
-from bot.watch_scheduler import HealthWatcher
+from bot.terminal.frontend import PROMPT_FORM, TerminalFrontEnd
 from commands.servers import DEFAULTS, encode
 from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings, StepSpec
 

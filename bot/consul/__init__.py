@@ -1,0 +1,1 @@
+"""The Consul adapters: KV store (upstreams), release lock, audit history."""

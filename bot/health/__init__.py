@@ -1,0 +1,1 @@
+"""Health: HTTP probes of the nodes and the scheduled health watch."""

@@ -1,0 +1,1 @@
+"""What nginx itself reports: check_status and upstream_show readers."""
