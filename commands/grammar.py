@@ -119,6 +119,8 @@ def _take_reason(command: str, text: str) -> tuple[str, str | None]:
         return text, None
     raw = next(g for g in match.groups() if g is not None)
     reason = " ".join("".join(c if c.isprintable() else " " for c in raw).split())
+    # No Slack markup from a reason: `<`/`>` become look-alikes, so `<!channel>` or a link cannot be typed.
+    reason = reason.replace("<", "‹").replace(">", "›")  # noqa: RUF001 (look-alikes on purpose)
     if not reason:
         raise UsageError(f'`--reason` needs text, e.g. `--reason "disk full"`.\n{usage(command)}')
     if len(reason) > REASON_CHARS:

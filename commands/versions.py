@@ -24,6 +24,8 @@ def version_problem(version: str, pattern: str | None = None) -> str | None:
         return f"`{shown}` names a folder (`.`/`..`), not a version"
     if any(c in "/\\" or c.isspace() or not c.isprintable() for c in version):
         return f"`{shown}` contains a slash, a space or a control character"
+    if any(c in "<>&|`" for c in version):  # Slack markup: a version must never ping or link in a message
+        return f"`{shown}` contains one of < > & | `"
     if len(version) > MAX_LENGTH:
         return f"a version is at most {MAX_LENGTH} characters"
     if pattern is not None and not re.fullmatch(pattern, version):
