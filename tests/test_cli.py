@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bot.terminal.frontend.frontend import TerminalFrontEnd
+from bot.terminal.frontend import TerminalFrontEnd
 
 from bot.processes import free_port, port_free
 from commands.addresses import ServerAddress

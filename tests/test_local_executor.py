@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bot.terminal.frontend.demo import demo_steps
+from bot.terminal.demo import demo_steps
 
 from bot.executors.local import LocalExecutor
 from bot.executors.process import SAFE_PATH, minimal_environment

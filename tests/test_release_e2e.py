@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bot.terminal.frontend.demo import demo_steps
+from bot.terminal.demo import demo_steps
 
 from bot.clock import SystemClock
 from bot.consul.store import ConsulStore
