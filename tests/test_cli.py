@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from bot.terminal.frontend import TerminalFrontEnd
 
 from bot.processes import free_port, port_free
+from bot.terminal.frontend import TerminalFrontEnd
 from commands.addresses import ServerAddress
 from commands.events import DECISION_OPTIONS, DecisionNeeded
 from commands.release_plan import ReleasePlan

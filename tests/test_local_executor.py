@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bot.terminal.demo import demo_steps
 
 from bot.executors.local import LocalExecutor
 from bot.executors.process import SAFE_PATH, minimal_environment
 from bot.processes import free_port, start_sample_service, stop_sample_service
+from bot.terminal.demo import demo_steps
 from commands.settings import AppSettings, ReleaseSettings, StepSpec
 from commands.steps import StepRefused, StepTarget
 from tests.helpers import wait_gone, wait_started

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from bot.terminal.demo import demo_steps
 
 from bot.clock import SystemClock
 from bot.consul.store import ConsulStore
@@ -28,6 +27,7 @@ from bot.executors.local import LocalExecutor
 from bot.health.prober import HttpProber
 from bot.nginx.status import HttpNginxReader
 from bot.processes import free_port, start_sample_service, stop_sample_service
+from bot.terminal.demo import demo_steps
 from commands.release_engine import ReleaseEngine
 from commands.release_plan import plan_release
 from commands.release_state import Status
