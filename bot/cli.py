@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", parents=[common], help="validate the config and the secrets it refers to")
     check.add_argument("--connect", action="store_true", help="also check that Consul answers")
 
-    sub.add_parser("agent", parents=[common], help="the per-node agent: runs the steps in its own --config agent.yml")
+    agent = sub.add_parser(
+        "agent", parents=[common], help="the per-node agent: runs the steps in its own --config agent.yml"
+    )
+    agent.add_argument("--check", action="store_true", help="validate agent.yml, say what it serves, and exit")
     return parser
 
 
@@ -101,6 +104,16 @@ def _agent(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if getattr(args, "check", False):
+        transport = "TLS" if settings.tls_cert else "plain HTTP"
+        nodes = ", ".join(map(str, settings.nodes))
+        print(f"{path}: OK; {transport}; nodes: {nodes}; state_file: {settings.state_file}")
+        if settings.insecure:
+            print(
+                f"warning: {path}: insecure: true: step names, targets and output cross the network unencrypted; "
+                "serve TLS (tls: {cert, key}) outside a test bench"
+            )
+        return EXIT_OK
     try:
         asyncio.run(serve_agent(settings))
     except KeyboardInterrupt:

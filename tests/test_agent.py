@@ -486,3 +486,22 @@ async def test_tls_when_a_cert_and_key_are_configured(certificate: Path) -> None
         assert "insecure" not in (tmp_path / "agent.log").read_text()
     finally:
         stop([process])
+
+
+def test_agent_check_flags_a_plain_http_agent_and_passes_a_tls_one(certificate: Path) -> None:
+    plain_folder = certificate / "plain"
+    plain_folder.mkdir()
+    checks = []
+    for config in (agent_yml(plain_folder, free_port()), agent_yml(certificate, free_port(), tls=True)):
+        checks.append(
+            subprocess.run(
+                [sys.executable, "-m", "bot.cli", "agent", "--check", "--config", str(config)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=agent_env(),
+            )
+        )
+    plain, secure = checks
+    assert plain.returncode == 0 and "warning:" in plain.stdout and "insecure: true" in plain.stdout
+    assert secure.returncode == 0 and "TLS" in secure.stdout and "warning" not in secure.stdout
