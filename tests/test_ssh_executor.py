@@ -158,10 +158,10 @@ async def test_values_are_shell_quoted(sshd: PrivateSshd) -> None:
         app, SshSettings(user=user(), port=sshd.port, key=str(sshd.client_key), known_hosts=str(sshd.known_hosts))
     )
     try:
-        result = await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, "a;$(id)`x`'\"*"))
+        result = await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, "a;$(id)$HOME'\"*"))
     finally:
         await ex.close()
-    assert result.stdout_tail == ("a;$(id)`x`'\"*|",)
+    assert result.stdout_tail == ("a;$(id)$HOME'\"*|",)
 
 
 async def test_one_connection_serves_every_step_of_a_release(sshd: PrivateSshd) -> None:
