@@ -214,7 +214,9 @@ class ReleaseEngine:
         left = state.left_drained
         if left:
             message += "; left drained: " + ", ".join(
-                f"{n.address}{' (stopped)' if n.stopped else ''}" for n in left
+                f"{n.address}{' (stopped)' if n.stopped else ''}"
+                + (" (state unknown: Consul did not answer; check /upstream status)" if n.state_unknown else "")
+                for n in left
             )
         elif status is not Status.SUCCEEDED:
             message += "; nothing is left drained"
@@ -395,14 +397,24 @@ class ReleaseEngine:
         return await self._probe_and_restore(node)
 
     async def _write_down(self, node: NodeState, down: bool, exclude: tuple[ServerAddress, ...] = ()) -> WriteResult:
-        """The one write path (check-and-set, a serving witness for a drain), under the lock."""
+        """The one write path (check-and-set, a serving witness for a drain), under the lock.
+
+        The lock is checked before the write, not raced against it: a write cut off half-way would leave
+        nobody knowing whether it landed. Its answer is bounded by the Consul timeout, and the next check
+        (every step and wait does one) stops the release if the lock went meanwhile."""
         self._check_lock()
         prefer = [a for a in self._healthy_others if a not in exclude]
         if self.plan.needs_second_confirmation and down:  # --force, confirmed twice: no serving witness needed
-            return await self._guarded(
-                write_entry(self.store, self.app.upstream, node.address, set_down_decision(node.address, True), False)
-            )
-        return await self._guarded(set_down(self.store, self.app.upstream, node.address, down, prefer, exclude))
+            decide = set_down_decision(node.address, True)
+            result = await write_entry(self.store, self.app.upstream, node.address, decide, False)
+        else:
+            result = await set_down(self.store, self.app.upstream, node.address, down, prefer, exclude)
+        if result.written is Written.UNKNOWN:
+            node.state_unknown = True  # it may have landed: counted as drained, and said to be unknown
+            node.drained = True
+        elif result.ok:
+            node.state_unknown = False
+        return result
 
     async def _run_step(self, node: NodeState, step: str) -> bool:
         await self._phase(node, Phase.STEP, f"{step} ...", step)

@@ -50,6 +50,7 @@ class NodeState:
     error: str | None = None
     drained: bool = False  # drained by this release and not restored yet
     stopped: bool = False  # its stop step ran and its start step has not succeeded since
+    state_unknown: bool = False  # a write's answer was lost and Consul could not be read back
     results: list[StepResult] = field(default_factory=list)
 
     @property

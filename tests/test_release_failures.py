@@ -115,6 +115,8 @@ async def test_a_drain_whose_answer_was_lost_with_consul_gone_is_reported_unknow
     assert state.status is Status.FAILED
     assert "unknown" in (state.nodes[r.engine.plan.nodes[0]].error or "")
     assert r.executor.calls == []  # nothing was run on a node whose state is unknown
+    # It did land: never "nothing is left drained"; the message says it may be drained and is unknown.
+    assert r.store.down(A) and f"left drained: {A}" in state.message and "state unknown" in state.message
 
 
 def test_a_release_whose_steps_need_a_version_is_refused_at_plan_time_also_as_a_dry_run() -> None:
