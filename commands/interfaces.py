@@ -11,6 +11,15 @@ from commands.servers import Upstream
 from commands.steps import OutputLine, StepResult, StepTarget
 
 
+@dataclass(frozen=True)
+class HeldLock:
+    """A write condition: the lock key is still held by this session (Consul `check-session`), so a bot
+    that lost its lock cannot write, even if it has not noticed yet."""
+
+    key: str
+    session: str
+
+
 class UpstreamStore(Protocol):
     """Consul KV under `<prefix>/<upstream>/<ip>:<port>`; writes are check-and-set."""
 
@@ -25,11 +34,13 @@ class UpstreamStore(Protocol):
         fields: dict[str, Any],
         cas: int,
         witnesses: Mapping[ServerAddress, int] | None = None,
+        held: HeldLock | None = None,
     ) -> bool:
         """Write the entry if its ModifyIndex is still `cas` (0: only if it does not exist yet) and every
         witness entry of the same upstream still has the ModifyIndex given (one Consul transaction), so a
-        guard read from the witnesses ("another server keeps serving") still holds when the write lands.
-        False when any of them changed. Raises StoreUncertain when the answer was lost after sending."""
+        guard read from the witnesses ("another server keeps serving") still holds when the write lands;
+        with `held`, also only while that lock is held by that session. False when any of them changed.
+        Raises StoreUncertain when the answer was lost after sending."""
         ...
 
     async def delete(self, upstream: str, address: ServerAddress, cas: int) -> bool:
@@ -118,6 +129,11 @@ class ReleaseLock(Protocol):
 
     async def wait_lost(self) -> None:
         """Returns once `lost` is true (the engine races its waits against this)."""
+        ...
+
+    @property
+    def held(self) -> HeldLock | None:
+        """The condition a write made under this lock carries (None: the store cannot check it)."""
         ...
 
     async def release(self) -> None: ...

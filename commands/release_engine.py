@@ -41,6 +41,7 @@ T = TypeVar("T")
 POLL = 0.25  # how often nginx's own view is re-read while waiting for it
 DECISION_TIMEOUT = 3600.0  # an unanswered failure leaves the node drained after this
 PREFLIGHT_CONCURRENCY = 16
+CANCEL_GRACE = 15.0  # how long a cancelled step may take to stop on its node (SIGTERM, grace, SIGKILL)
 
 
 class _Stop(Exception):
@@ -159,6 +160,9 @@ class ReleaseEngine:
         finally:
             if self._lost is not None:
                 self._lost.cancel()
+            if self._prefetch is not None and not self._prefetch.done():
+                self._prefetch.cancel()
+                await asyncio.wait({self._prefetch}, timeout=CANCEL_GRACE)
 
     async def _run(self) -> ReleaseState:
         state = self.state
@@ -179,6 +183,9 @@ class ReleaseEngine:
                     state.aborted_by = state.aborted_by or "canary decision"
         if state.aborted_by:
             return await self._finish(Status.ABORTED, f"aborted by {state.aborted_by}")
+        skipped = [n for n in state.nodes.values() if n.phase is Phase.SKIPPED]
+        if skipped:
+            return await self._finish(Status.INCOMPLETE, f"{state.released} of {len(state.nodes)} node(s) released")
         return await self._finish(Status.SUCCEEDED, f"all {state.released} node(s) released")
 
     async def _resolve(self, failed: list[ServerAddress]) -> ReleaseState | None:
@@ -187,7 +194,7 @@ class ReleaseEngine:
         while failed:
             first = failed[0]
             if self.state.aborted_by:
-                left = await self._recover_all(failed)
+                left = await self._recover_all(failed, reprobe_failed_window=False)
                 return await self._finish(Status.ABORTED, f"aborted by {self.state.aborted_by}" + _still(left))
             choice = await self._ask(kind, first, self.state.nodes[first].error or "failed")
             if choice == "retry":
@@ -198,7 +205,9 @@ class ReleaseEngine:
                     return await self._finish(
                         Status.FAILED, f"stopped at {first}: started, probed healthy and restored (not released)"
                     )
-                failed, kind = left, "restore_failed"
+                # Putting an unhealthy node back is offered only when it runs: a stopped one is never offered.
+                stopped = any(self.state.nodes[a].stopped for a in left)
+                failed, kind = left, "failure" if stopped else "restore_failed"
             elif choice == "restore_unhealthy":
                 await self._restore_unprobed(failed)
                 return await self._finish(Status.FAILED, f"stopped at {first}: restored UNHEALTHY on request")
@@ -220,6 +229,9 @@ class ReleaseEngine:
             )
         elif status is not Status.SUCCEEDED:
             message += "; nothing is left drained"
+        skipped = [str(n.address) for n in state.nodes.values() if n.phase is Phase.SKIPPED]
+        if skipped:
+            message += f"; skipped, drained by someone else (not touched, still theirs): {', '.join(skipped)}"
         state.status = status
         state.message = message
         state.finished_at = self.clock.now()
@@ -247,7 +259,10 @@ class ReleaseEngine:
         try:
             await asyncio.wait({task, self._lost}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
+            # Cancelled from above (a sibling lost the lock, Ctrl-C): the step is stopped on its node before
+            # this returns, so nothing of the release runs after `run()` (bounded: the executor's kill grace).
             task.cancel()
+            await asyncio.wait({task}, timeout=CANCEL_GRACE)
             raise
         if not task.done():
             task.cancel()
@@ -330,6 +345,8 @@ class ReleaseEngine:
             return
         others = [a for a in self.state.nodes if a not in batch and not self.state.nodes[a].drained]
         self._prefetch = asyncio.ensure_future(self._probe_many(others))
+        # Its failure only means the next guard probes afresh: retrieve it, so it is not logged as lost.
+        self._prefetch.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     # -- one batch, one node ----------------------------------------------------------------------------
 
@@ -388,6 +405,8 @@ class ReleaseEngine:
             if left:
                 return await self._fail(node, left)
             await self._sleep(self.app.release.drain_wait)
+        if not await self._still_drained(node):
+            return await self._fail(node, "put back into traffic by someone else: not stopping a serving node")
         for step in self.plan.steps:
             self._check_lock()
             if self.state.aborted_by:
@@ -395,6 +414,15 @@ class ReleaseEngine:
             if not await self._run_step(node, step):
                 return False
         return await self._probe_and_restore(node)
+
+    async def _still_drained(self, node: NodeState) -> bool:
+        """Right before the stop step: is the node still out of traffic? (Another replica, `run` from CI or
+        curl may have put it back; stopping it then would fail its share of requests.)"""
+        entry = (await self.store.read(self.app.upstream)).find(node.address)
+        if entry is not None and entry.drained:
+            return True
+        node.drained = False
+        return False
 
     async def _write_down(self, node: NodeState, down: bool, exclude: tuple[ServerAddress, ...] = ()) -> WriteResult:
         """The one write path (check-and-set, a serving witness for a drain), under the lock.
@@ -404,11 +432,12 @@ class ReleaseEngine:
         (every step and wait does one) stops the release if the lock went meanwhile."""
         self._check_lock()
         prefer = [a for a in self._healthy_others if a not in exclude]
+        held = self.lock.held if self.lock is not None else None  # the write lands only while we hold the lock
         if self.plan.needs_second_confirmation and down:  # --force, confirmed twice: no serving witness needed
             decide = set_down_decision(node.address, True)
-            result = await write_entry(self.store, self.app.upstream, node.address, decide, False)
+            result = await write_entry(self.store, self.app.upstream, node.address, decide, False, held=held)
         else:
-            result = await set_down(self.store, self.app.upstream, node.address, down, prefer, exclude)
+            result = await set_down(self.store, self.app.upstream, node.address, down, prefer, exclude, held)
         if result.written is Written.UNKNOWN:
             node.state_unknown = True  # it may have landed: counted as drained, and said to be unknown
             node.drained = True
@@ -517,10 +546,12 @@ class ReleaseEngine:
 
     # -- after a failure or an abort ---------------------------------------------------------------------
 
-    async def _recover(self, node: NodeState) -> bool:
+    async def _recover(self, node: NodeState, reprobe_failed_window: bool = True) -> bool:
         """Start the node again if a step stopped it, probe it, and restore it only if healthy."""
         if not node.drained:
             return True  # serving already (restored before a later wait failed): nothing to put back
+        if not reprobe_failed_window and not node.stopped and (node.error or "").startswith("health window failed"):
+            return False  # its window just failed: an abort does not wait a second window; it stays drained
         node.error = None
         if node.stopped:
             last = self.plan.steps[-1]
@@ -529,17 +560,17 @@ class ReleaseEngine:
                 return False
         return await self._probe_and_restore(node, released=False)
 
-    async def _recover_all(self, nodes: list[ServerAddress]) -> list[ServerAddress]:
+    async def _recover_all(self, nodes: list[ServerAddress], reprobe_failed_window: bool = True) -> list[ServerAddress]:
         """`_recover` each node; the ones still drained (their start or probe failed)."""
         left = []
         for address in nodes:
-            if not await self._node_recovery(self.state.nodes[address]):
+            if not await self._node_recovery(self.state.nodes[address], reprobe_failed_window):
                 left.append(address)
         return [a for a in left if self.state.nodes[a].drained]
 
-    async def _node_recovery(self, node: NodeState) -> bool:
+    async def _node_recovery(self, node: NodeState, reprobe_failed_window: bool) -> bool:
         try:
-            return await self._recover(node)
+            return await self._recover(node, reprobe_failed_window)
         except (_Stop, asyncio.CancelledError):
             raise
         except StoreError as error:

@@ -31,12 +31,13 @@ class Status(enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"  # canary done, or a failure waiting for a decision
     SUCCEEDED = "succeeded"
+    INCOMPLETE = "incomplete"  # every node it touched was released; some were skipped (drained by others)
     FAILED = "failed"
     ABORTED = "aborted"
 
     @property
     def finished(self) -> bool:
-        return self in (Status.SUCCEEDED, Status.FAILED, Status.ABORTED)
+        return self in (Status.SUCCEEDED, Status.INCOMPLETE, Status.FAILED, Status.ABORTED)
 
 
 @dataclass

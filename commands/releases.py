@@ -25,6 +25,7 @@ from commands.versions import version_problem
 
 ExecutorFactory = Callable[[AppSettings], Executor]
 log = logging.getLogger(__name__)
+LOCK_RELEASE_TIMEOUT = 10.0
 
 
 def _when(at: float) -> str:
@@ -101,32 +102,37 @@ class Releases:
                 lock = await self.locks.acquire(info)
             except LockBusy as busy:
                 raise UserError(f"Refused: {held_by(busy.info, plan.app)}.") from None
+            engine = ReleaseEngine(
+                plan,
+                app,
+                self.store,
+                executor,
+                self.prober,
+                self.nginx,
+                self.clock,
+                notifier,
+                lock=lock,
+                approver=approver,
+            )
+            self.active[plan.app] = engine
             try:
-                engine = ReleaseEngine(
-                    plan,
-                    app,
-                    self.store,
-                    executor,
-                    self.prober,
-                    self.nginx,
-                    self.clock,
-                    notifier,
-                    lock=lock,
-                    approver=approver,
-                )
-                self.active[plan.app] = engine
                 state = await engine.run()
             finally:
                 self.active.pop(plan.app, None)
-                await asyncio.shield(lock.release())
+                # Bounded: a Consul that does not answer must not hold the end of the release (the session
+                # expires by itself), and an error here must not hide how the release ended.
+                try:
+                    await asyncio.wait_for(asyncio.shield(lock.release()), LOCK_RELEASE_TIMEOUT)
+                except Exception as error:
+                    log.warning("release lock of %s not released (%s); its session expires", plan.app, error)
+                try:
+                    # Announced once the app is free again: whoever reads "finished" can start the next one.
+                    await notifier.emit(ReleaseFinished(engine.state))
+                except Exception:
+                    log.exception("cannot show the end of %s", plan.title)
         finally:
             with contextlib.suppress(Exception):
                 await executor.close()
-        # Announced once the app is free again: whoever reads "finished" can start the next release.
-        try:
-            await notifier.emit(ReleaseFinished(state))
-        except Exception:
-            log.exception("cannot show the end of %s", plan.title)
         return state
 
     async def status(self, app: str) -> ReleaseStatusReport:

@@ -75,8 +75,29 @@ class ServerEntry:
         return self._get("fail_timeout")
 
     @property
+    def down_flag(self) -> int | None:
+        """`down` as upsync reads it: exactly 0 or 1 (a number or a numeric string); None when invalid.
+        Measured on the real module: "true", "1.0", " 1", 2 and -1 are logged invalid and read as 0."""
+        for key, value in self.fields.items():
+            if key.lower() == "down":
+                if isinstance(value, bool):
+                    return None
+                if value in (0, 1) and isinstance(value, int | float) and float(value).is_integer():
+                    return int(value)
+                if value in ("0", "1"):
+                    return int(value)
+                return None
+        return 0
+
+    @property
     def drained(self) -> bool:
-        return self._get("down") != 0
+        """Out of traffic for nginx: `down` is exactly 1 (an invalid value serves, as upsync reads it)."""
+        return self.down_flag == 1
+
+    @property
+    def surely_serving(self) -> bool:
+        """`down` is exactly 0 (or absent) and the value is valid JSON: a server a guard may count on."""
+        return self.down_flag == 0 and self.invalid_value is None
 
     def with_down(self, down: bool) -> dict[str, Any]:
         """The fields to write: every field kept as it was, only `down` set (under its own spelling)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import ipaddress
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -427,6 +428,13 @@ class CommandService:
                     notes.append(note)
         for key in upstream.skipped_keys:
             notes.append(f"key `{key}` is not IPv4:port: nginx-upsync-module skips it")
+        for entry in upstream.servers:
+            if entry.invalid_value is None and entry.down_flag is None:
+                raw = next(v for k, v in entry.fields.items() if k.lower() == "down")
+                notes.append(
+                    f"{entry.address}: down={json.dumps(raw)} is not 0 or 1: nginx-upsync-module logs it invalid and "
+                    "serves the server; write 0 or 1 (the bot never counts it as a serving server for its guards)"
+                )
         for status in servers:
             if status.invalid_value:
                 notes.append(
@@ -475,7 +483,7 @@ class CommandService:
             f"<@{engine.plan.requester}>; wait for it, answer its question, or `/release abort {app}`"
         )
 
-    async def _release_note(self, app: str, address: ServerAddress, drain: bool) -> str | None:
+    async def _release_note(self, app: str, address: ServerAddress, drain: bool, force: bool = False) -> str | None:
         """What a person acting on `address` should know about a release of `app` (refuses while the
         release has the node in hand)."""
         refusal = self._release_refusal(app, address)
@@ -486,6 +494,14 @@ class CommandService:
             holder = await self.releases.locks.holder(app) if self.releases else None
             if holder is None:
                 return None
+            if not drain and not force:
+                # Another bot runs it: which node it has in hand is not known here, and putting a node it
+                # stopped back into traffic would fail requests. Refused unless the person insists.
+                raise UserError(
+                    f"Refused: {held_by(holder, app)}, and this bot cannot see which node it has in hand. "
+                    f"Wait for it to end, or `/undrain {address} {app} --force` if you know this node is not "
+                    "being released (the probe is then skipped too). Nothing was changed."
+                )
             return f"{held_by(holder, app)}; a node drained before its turn is skipped and left drained"
         node = engine.state.nodes.get(address)
         batches = engine.plan.batches
@@ -528,7 +544,7 @@ class CommandService:
         changes, warnings, empties = [], [], []
         for app, upstream, entry in found:
             assert entry is not None
-            note = await self._release_note(app.name, address, drain)
+            note = await self._release_note(app.name, address, drain, request.force)
             if note:
                 warnings.append(note)
             if entry.drained == drain:
@@ -722,7 +738,7 @@ class CommandService:
         keep_serving = plan.action in ("drain", "remove") and not plan.force
         result = await write_entry(self.store, change.upstream, change.address, decide, keep_serving)
         if result.written is Written.APPLIED:
-            lost = " (its answer was lost; confirmed by reading it back)" if "read" in result.detail else ""
+            lost = f" {result.detail[len('done '):]}" if result.detail.startswith("done (") else ""
             return ChangeResult(change, True, _done_text(plan.action, change) + lost)
         if result.written is Written.REFUSED:
             detail = result.detail if result.detail.startswith("not") else f"not written: {result.detail}"

@@ -12,13 +12,14 @@ result says what Consul holds (applied, not applied, or unknown when Consul cann
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from commands.addresses import ServerAddress
 from commands.errors import StoreError, StoreUncertain
-from commands.interfaces import UpstreamStore
+from commands.interfaces import HeldLock, UpstreamStore
 from commands.servers import ServerEntry, Upstream, number
 
 ATTEMPTS = 3  # a check-and-set that loses to an unrelated rewrite is tried again this often
@@ -56,7 +57,7 @@ def _witness(
     upstream: Upstream, address: ServerAddress, exclude: Sequence[ServerAddress], prefer: Sequence[ServerAddress]
 ) -> ServerEntry | None:
     """Another server serving now, preferring `prefer` (healthy ones); never one of `exclude`."""
-    serving = {s.address: s for s in upstream.servers if not s.drained and s.address != address}
+    serving = {s.address: s for s in upstream.servers if s.surely_serving and s.address != address}
     for candidate in [*prefer, *sorted(serving)]:
         if candidate in serving and candidate not in exclude:
             return serving[candidate]
@@ -71,9 +72,11 @@ async def write_entry(
     keep_serving: bool = True,
     prefer: Sequence[ServerAddress] = (),
     exclude: Sequence[ServerAddress] = (),
+    held: HeldLock | None = None,
 ) -> WriteResult:
     """Read, decide, and check-and-set `address`; a drain (unless `keep_serving` is False) also requires
-    another serving server, `prefer`red first and never one of `exclude`, to be unchanged at write time."""
+    another serving server, `prefer`red first and never one of `exclude`, to be unchanged at write time;
+    with `held`, the write lands only while that lock is held (a release's writes)."""
     entry: ServerEntry | None = None
     for _ in range(ATTEMPTS):
         current = await store.read(upstream)
@@ -95,53 +98,100 @@ async def write_entry(
                 )
             witnesses[witness.address] = witness.modify_index
         cas = entry.modify_index if entry is not None else 0
+
+        send = functools.partial(store.write, upstream, address, decision, cas, witnesses or None, held)
+
         try:
-            if await store.write(upstream, address, decision, cas, witnesses or None):
+            if await send():
                 return WriteResult(Written.APPLIED, "written", entry)
         except StoreUncertain as lost:
-            return await read_back(store, upstream, address, decision, entry, lost)
+            return await _settle(store, upstream, address, decision, entry, lost, send)
+        if held is not None and await _lock_gone(store, upstream, address, entry):
+            return WriteResult(Written.NOT_APPLIED, "not written: the release lock is no longer held", entry)
     return WriteResult(
         Written.NOT_APPLIED, f"not written: {address} in {upstream} changed under each of {ATTEMPTS} attempts", entry
     )
 
 
+async def _lock_gone(store: UpstreamStore, upstream: str, address: ServerAddress, entry: ServerEntry | None) -> bool:
+    """A refused transaction whose entry did not change: with a lock condition, the lock was the reason."""
+    now = (await store.read(upstream)).find(address)
+    return (now.modify_index if now else 0) == (entry.modify_index if entry else 0)
+
+
 async def delete_entry(store: UpstreamStore, upstream: str, address: ServerAddress, expect: ServerEntry) -> WriteResult:
     """Delete `address` if it is still exactly `expect` (its ModifyIndex)."""
+
+    send = functools.partial(store.delete, upstream, address, expect.modify_index)
+
     try:
-        if await store.delete(upstream, address, expect.modify_index):
+        if await send():
             return WriteResult(Written.APPLIED, "deleted", expect)
     except StoreUncertain as lost:
-        return await read_back(store, upstream, address, None, expect, lost)
+        return await _settle(store, upstream, address, None, expect, lost, send)
     return WriteResult(Written.NOT_APPLIED, f"not removed: {address} changed meanwhile", expect)
 
 
-async def read_back(
+async def _settle(
     store: UpstreamStore,
     upstream: str,
     address: ServerAddress,
     wanted: dict[str, Any] | None,
     before: ServerEntry | None,
     lost: StoreError,
+    resend: Callable[[], Awaitable[bool]],
 ) -> WriteResult:
-    """After a write whose answer was lost: what does Consul hold? (`wanted` None: a delete.)"""
+    """A write whose answer was lost (`wanted` None: a delete): what does Consul hold?
+
+    Read back: our value -> applied; someone else's change -> not applied (a late landing of ours is then
+    impossible: its check-and-set index is gone). Unchanged: ours may still be on its way (a slow Raft
+    commit), so the same check-and-set is sent once more; it cannot land twice."""
+    now = await _read(store, upstream, address)
+    if isinstance(now, StoreError):
+        return _unknown(address, lost, now, before)
+    if _holds(now, wanted):
+        return WriteResult(Written.APPLIED, "done (its answer was lost; confirmed by reading it back)", before)
+    if _index(now) != _index(before):
+        held_now = f"not applied: {address} {_describe(now)} (someone else wrote it)"
+        return WriteResult(Written.NOT_APPLIED, held_now, before)
     try:
-        now = (await store.read(upstream)).find(address)
+        if await resend():
+            return WriteResult(Written.APPLIED, "done (the first answer was lost; sent again and confirmed)", before)
+    except StoreError as again:
+        return _unknown(address, lost, again, before)
+    now = await _read(store, upstream, address)
+    if isinstance(now, StoreError):
+        return _unknown(address, lost, now, before)
+    if _holds(now, wanted):
+        return WriteResult(Written.APPLIED, "done (its answer was lost; confirmed by reading it back)", before)
+    return WriteResult(Written.NOT_APPLIED, f"not applied: {address} {_describe(now)}", before)
+
+
+async def _read(store: UpstreamStore, upstream: str, address: ServerAddress) -> ServerEntry | StoreError | None:
+    try:
+        return (await store.read(upstream)).find(address)
     except StoreError as error:
-        return WriteResult(
-            Written.UNKNOWN,
-            f"unknown: the write of {address} was sent but not answered ({lost.message}), and Consul cannot be "
-            f"read back ({error.message}); check with `/upstream status` before acting again",
-            before,
-        )
-    if wanted is None:
-        if now is None:
-            return WriteResult(Written.APPLIED, "deleted (confirmed by reading it back: the answer was lost)", before)
-        return WriteResult(Written.NOT_APPLIED, f"not removed: {address} is still in {upstream} (read back)", before)
-    if now is not None and now.fields == wanted:
-        return WriteResult(Written.APPLIED, "written (confirmed by reading it back: the answer was lost)", before)
-    held = "no such key" if now is None else f"down={int(now.drained)}"
+        return error
+
+
+def _holds(now: ServerEntry | None, wanted: dict[str, Any] | None) -> bool:
+    return now is None if wanted is None else (now is not None and now.fields == wanted)
+
+
+def _index(entry: ServerEntry | None) -> int:
+    return entry.modify_index if entry is not None else 0
+
+
+def _describe(entry: ServerEntry | None) -> str:
+    return "has no key now" if entry is None else f"now holds down={int(entry.drained)}"
+
+
+def _unknown(address: ServerAddress, lost: StoreError, error: StoreError, before: ServerEntry | None) -> WriteResult:
     return WriteResult(
-        Written.NOT_APPLIED, f"not applied: the answer was lost and Consul now holds {held} for {address}", before
+        Written.UNKNOWN,
+        f"unknown: the write of {address} was sent but not answered ({lost.message}), and Consul cannot be "
+        f"read back ({error.message}); check with `/upstream status` before acting again",
+        before,
     )
 
 
@@ -165,6 +215,8 @@ async def set_down(
     down: bool,
     prefer: Sequence[ServerAddress] = (),
     exclude: Sequence[ServerAddress] = (),
+    held: HeldLock | None = None,
 ) -> WriteResult:
     """The release engine's drain (guarded: another server keeps serving) and restore."""
-    return await write_entry(store, upstream, address, set_down_decision(address, down), True, prefer, exclude)
+    decide = set_down_decision(address, down)
+    return await write_entry(store, upstream, address, decide, True, prefer, exclude, held)

@@ -8,7 +8,7 @@ from typing import Any
 
 from commands.addresses import ServerAddress
 from commands.errors import StoreUnavailable, StoreUncertain
-from commands.interfaces import NginxView, ProbeResult
+from commands.interfaces import HeldLock, NginxView, ProbeResult
 from commands.servers import DEFAULTS, ServerEntry, Upstream
 from commands.steps import OutputLine, StepResult, StepTarget
 
@@ -31,7 +31,8 @@ class FakeStore:
     """One upstream in memory. `conflicts`: how many writes answer "changed" (CAS false) first.
     `unreachable_after`: writes that succeed before every call raises StoreUnavailable.
     `lost_answers`: how many writes commit and then raise StoreUncertain (the answer was lost).
-    `before_write`: a hook run between the writer's read and its write (someone acting at once)."""
+    `before_write`: a hook run between the writer's read and its write (someone acting at once).
+    `late_answers`: writes whose answer is lost and that land later (just before the next write)."""
 
     def __init__(self, upstream: str, addresses: Sequence[str], drained: Sequence[str] = ()) -> None:
         self.upstream = upstream
@@ -43,7 +44,10 @@ class FakeStore:
         self.unreachable_after: int | None = None
         self.writes: list[tuple[str, int]] = []
         self.lost_answers = 0
+        self.late_answers = 0  # writes that raise StoreUncertain and land just before the next write
+        self._late: tuple[ServerAddress, dict[str, Any]] | None = None
         self.before_write: Any = None
+        self.lock: FakeLock | None = None  # a release's writes carry its lock: refused once it is lost
 
     def down(self, address: str) -> bool:
         return bool(self.entries[ServerAddress.parse(address)][0]["down"])
@@ -71,17 +75,29 @@ class FakeStore:
         fields: dict[str, Any],
         cas: int,
         witnesses: Mapping[ServerAddress, int] | None = None,
+        held: HeldLock | None = None,
     ) -> bool:
         self._reachable()
         if self.before_write is not None:
             hook, self.before_write = self.before_write, None
             hook()
+        if self._late is not None:  # a write whose answer was lost lands now, before this one is looked at
+            (late_address, late_fields), self._late = self._late, None
+            self.index += 1
+            self.entries[late_address] = (late_fields, self.index)
+            self.writes.append((str(late_address), int(late_fields["down"])))
+        if held is not None and self.lock is not None and self.lock.lost:
+            return False  # check-session: the lock is no longer held by this session
         if self.conflicts > 0:
             self.conflicts -= 1
             current, _ = self.entries[address]
             self.index += 1
             self.entries[address] = (current, self.index)  # someone rewrote it meanwhile
             return False
+        if self.late_answers > 0 and self.entries[address][1] == cas:
+            self.late_answers -= 1
+            self._late_commit(address, fields)  # committed later, after the answer was lost
+            raise StoreUncertain("Consul did not answer the write within 5 s (it may have been applied).")
         if self.entries[address][1] != cas:
             return False
         if any(self.entries[w][1] != index for w, index in (witnesses or {}).items()):
@@ -93,6 +109,9 @@ class FakeStore:
             self.lost_answers -= 1
             raise StoreUncertain("Consul did not answer the write within 5 s (it may have been applied).")
         return True
+
+    def _late_commit(self, address: ServerAddress, fields: dict[str, Any]) -> None:
+        self._late = (address, dict(fields))
 
     async def delete(self, upstream: str, address: ServerAddress, cas: int) -> bool:
         raise NotImplementedError
@@ -175,6 +194,10 @@ class FakeLock:
 
     def lose(self) -> None:
         self._lost.set()
+
+    @property
+    def held(self) -> HeldLock:
+        return HeldLock("upstream-bot/locks/app", "fake-session")
 
     async def wait_lost(self) -> None:
         await self._lost.wait()

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from commands.addresses import ServerAddress
 from commands.errors import UserError
 from commands.events import DecisionNeeded, ReleaseUpdate
 from commands.release_plan import plan_release
@@ -59,10 +60,17 @@ async def test_a_lock_lost_during_a_step_cancels_the_step_and_the_batch_siblings
     started = asyncio.Event()
     real_run = r.executor.run
 
+    stopped_on_node: list[str] = []
+
     async def run(step, target, on_output=None):  # type: ignore[no-untyped-def]
         if step == "deploy":
             started.set()
-            await asyncio.Event().wait()  # a deploy that runs until it is cancelled
+            try:
+                await asyncio.Event().wait()  # a deploy that runs until it is cancelled
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # stopping it on the node takes a moment (SIGTERM, wait)
+                stopped_on_node.append(target.node)
+                raise
         return await real_run(step, target, on_output)
 
     r.executor.run = run  # type: ignore[method-assign]
@@ -72,8 +80,8 @@ async def test_a_lock_lost_during_a_step_cancels_the_step_and_the_batch_siblings
     lock.lose()
     state = await asyncio.wait_for(engine_task, 5)
     assert state.status is Status.FAILED and "release lock lost" in state.message
-    for _ in range(20):  # nothing of the release runs after run() returned
-        await asyncio.sleep(0)
+    # Both deploys were stopped on their nodes before run() returned: nothing of it runs afterwards.
+    assert sorted(stopped_on_node) == sorted(str(a) for a in r.engine.plan.batches[0])
     assert len(r.executor.calls) == calls
     assert r.store.down(A) and r.store.down(B)  # left as they were: drained, stopped; no writes after the loss
     assert "(stopped)" in state.message
@@ -83,7 +91,9 @@ async def test_a_node_drained_by_an_operator_before_its_turn_is_skipped_and_neve
     r = await rig()
     r.executor.on_run = lambda node, step: r.store.set(C, True) if (node, step) == (A, "stop") else None
     state = await r.engine.run()
-    assert state.status is Status.SUCCEEDED
+    # Not a success: a node was not released. Said, and `run` exits non-zero.
+    assert state.status is Status.INCOMPLETE and "2 of 3 node(s) released" in state.message
+    assert f"skipped, drained by someone else (not touched, still theirs): {C}" in state.message
     assert r.store.down(C)  # the operator's drain stands
     assert not [c for c in r.executor.calls if c[0] == C]
     assert state.nodes[r.engine.plan.nodes[2]].phase is Phase.SKIPPED
@@ -230,3 +240,98 @@ async def test_an_executor_error_fails_the_node_and_the_release_still_ends() -> 
     assert "malformed line" in (state.nodes[r.engine.plan.nodes[1]].error or "")
     assert r.store.down(B) and f"left drained: {B} (stopped)" in state.message
     assert isinstance(r.notifier.events[-1], ReleaseUpdate) and "failed" in r.notifier.events[-1].line
+
+
+async def test_a_node_put_back_by_someone_else_after_its_drain_is_never_stopped() -> None:
+    r = await rig()
+    real_sleep = r.clock.sleep
+
+    async def undrain_during_drain_wait(seconds: float) -> None:
+        if seconds == 2 and r.store.down(B):  # drain_wait of node 2: nginx had already stopped routing to it
+            r.store.set(B, False)  # another replica, `run` from CI or curl puts it back
+        await real_sleep(seconds)
+
+    r.clock.sleep = undrain_during_drain_wait  # type: ignore[method-assign]
+    state = await r.engine.run()
+    assert not [c for c in r.executor.calls if c[0] == B]  # never stopped while serving
+    assert state.status is Status.FAILED
+    assert "not stopping a serving node" in (state.nodes[ServerAddress.parse(B)].error or "")
+    assert not r.store.down(B) and "nothing is left drained" in state.message
+
+
+async def test_a_drain_whose_answer_was_lost_and_that_lands_late_is_reported_applied() -> None:
+    r = await rig()
+    r.store.late_answers = 1  # Consul commits the first drain only after the client gave up and read back
+    state = await r.engine.run()
+    assert state.status is Status.SUCCEEDED and not any(r.store.down(n) for n in NODES)
+    assert r.store.writes[:2] == [(A, 1), (A, 0)]  # landed once, restored once: no phantom second drain
+
+
+async def test_a_release_write_is_refused_by_consul_once_its_lock_is_gone() -> None:
+    lock = FakeLock()
+    r = await rig(lock=lock)
+    r.store.lock = lock
+    r.store.before_write = lock.lose  # lost between the engine's last check and its write
+    state = await r.engine.run()
+    assert state.status is Status.FAILED and "release lock lost" in state.message
+    assert r.store.writes == [] and r.executor.calls == []
+
+
+async def test_a_stopped_node_is_never_offered_for_an_unhealthy_restore() -> None:
+    r = await rig(answers=["restore", "leave"])
+    r.executor.fail[(B, "deploy")] = 1
+    r.executor.fail[(B, "start")] = 1  # and it will not start again either
+    state = await r.engine.run()
+    kinds = [d.kind for d in r.notifier.decisions()]
+    assert kinds == ["failure", "failure"]  # not "restore_failed": no "restore UNHEALTHY" for a stopped node
+    assert r.store.down(B) and f"left drained: {B} (stopped)" in state.message
+
+
+async def test_abort_after_a_failed_window_does_not_wait_a_second_window() -> None:
+    r = await rig()
+    r.prober.scripts[B] = [True, True]
+    r.prober.default[B] = False
+
+    async def emit(event):  # type: ignore[no-untyped-def]
+        r.notifier.events.append(event)
+        if isinstance(event, DecisionNeeded):
+            r.engine.abort("U2BOB")
+
+    r.notifier.emit = emit  # type: ignore[method-assign]
+    state = await r.engine.run()
+    assert state.status is Status.ABORTED and r.store.down(B)
+    assert r.prober.probes.count(B) == 13 + 2  # one window (13 probes) plus preflight and guard: not two
+
+
+async def test_a_sibling_cancelled_by_a_lost_lock_is_stopped_on_its_node_before_run_returns() -> None:
+    class SilentlyLost(FakeLock):
+        """The TTL ran out before the renewer noticed: `lost` is true, nobody has woken `wait_lost` yet."""
+
+        expired = False
+
+        @property
+        def lost(self) -> bool:
+            return self.expired
+
+    lock = SilentlyLost()
+    r = await rig(ReleaseRequest("app", batch=2, version="2.0"), nodes=[*NODES, "10.0.0.4:9000"], lock=lock)
+    first, second = (str(a) for a in r.engine.plan.batches[0])
+    real_run = r.executor.run
+    stopped_on_node: list[str] = []
+
+    async def run(step, target, on_output=None):  # type: ignore[no-untyped-def]
+        if step == "deploy" and target.node == second:
+            lock.expired = True  # the first node's next check (before its start step) sees it
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.05)  # stopping it on the node takes a moment
+                stopped_on_node.append(target.node)
+                raise
+        return await real_run(step, target, on_output)
+
+    r.executor.run = run  # type: ignore[method-assign]
+    state = await asyncio.wait_for(r.engine.run(), 5)
+    assert "release lock lost" in state.message
+    assert stopped_on_node == [second]  # stopped before run() returned, not after
+    assert (first, "start", "2.0") not in r.executor.calls

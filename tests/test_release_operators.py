@@ -144,7 +144,7 @@ async def test_an_operator_drain_of_a_later_node_is_told_its_batch_and_the_relea
     outcome = await asyncio.wait_for(task, DEADLINE)
     (finished,) = release_events.of(ReleaseFinished)
     state = finished.state
-    assert state.status is Status.SUCCEEDED, state.message
+    assert state.status is Status.INCOMPLETE, state.message  # one node was not released: not a success
     assert state.nodes[ServerAddress.parse(last)].phase is Phase.SKIPPED
     assert down(consul, last) == 1  # the operator's drain was not undone
     assert down(consul, first) == 0 and down(consul, rig.nodes[1]) == 0
@@ -176,3 +176,29 @@ async def test_a_destroyed_lock_session_stops_the_release_kills_its_step_and_wri
     # And the app is free for the next release (another replica could take it now).
     taken = await ConsulLockManager(ConsulStore((consul.url,))).holder("app")
     assert taken is None
+
+
+async def test_another_replica_refuses_an_undrain_while_a_release_runs_and_the_release_never_stops_a_serving_node(
+    rig: Rig, consul: Consul
+) -> None:
+    task, release_events = await start(rig)
+    first = rig.nodes[0]
+    # Replica 2: the same Consul, no engine of its own in memory.
+    store = ConsulStore((consul.url,))
+    other = Releases(
+        rig.service.apps, store, rig.service.prober, rig.service.nginx, rig.service.clock,
+        ConsulLockManager(store), LocalExecutor, "test:2",
+    )
+    policy = AccessPolicy(rig.service.apps, operators=("U3OPS",))
+    replica = CommandService(
+        rig.service.apps, store, rig.service.prober, rig.service.nginx, rig.service.clock, other,
+        policy=policy, history=MemoryHistory(),
+    )
+    notifier = RecordingNotifier()
+    outcome = await replica.handle(parse_line(f"/undrain {first}"), "U3OPS", notifier)
+    assert outcome is Outcome.REFUSED
+    assert "a release of app is running" in notifier.of(Problem)[0].text and "--force" in notifier.of(Problem)[0].text
+    assert down(consul, first) == 1
+    rig.gate.touch()
+    await asyncio.wait_for(task, DEADLINE)
+    assert release_events.of(ReleaseFinished)[0].state.status is Status.SUCCEEDED

@@ -7,8 +7,12 @@ A = ServerAddress("10.0.0.5", 9000)
 
 
 def test_values_are_read_the_way_upsync_reads_them() -> None:
-    entry = ServerEntry.from_kv(A, b'{"Weight":"3","max_fails":2,"fail_timeout":"10s","down":true}', 7)
+    entry = ServerEntry.from_kv(A, b'{"Weight":"3","max_fails":2,"fail_timeout":"10s","down":"1"}', 7)
     assert (entry.weight, entry.max_fails, entry.fail_timeout, entry.drained) == (3, 2, 10, True)
+    # `down` is exactly 0 or 1 for upsync; these are logged invalid and the server serves (measured).
+    for invalid in (b'"true"', b'"1.0"', b'" 1"', b"2", b"-1"):
+        odd = ServerEntry.from_kv(A, b'{"down":' + invalid + b"}", 7)
+        assert not odd.drained and not odd.surely_serving and odd.down_flag is None
     assert ServerEntry.from_kv(A, b'{"weight":0}', 1).weight == 1  # upsync turns weight <= 0 into 1
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from bot.consul.store import ConsulStore
 from commands.errors import StoreError, StoreNotFound
-from commands.interfaces import LockBusy, LockInfo
+from commands.interfaces import HeldLock, LockBusy, LockInfo
 
 log = logging.getLogger(__name__)
 LOCK_PREFIX = "upstream-bot/locks"
@@ -71,6 +71,10 @@ class ConsulReleaseLock:
     def renewed_at(self) -> float:
         """time.monotonic() when the last successful renewal (or the session's creation) was sent."""
         return self._renewed_at
+
+    @property
+    def held(self) -> HeldLock:
+        return HeldLock(lock_key(self.info.app), self.session)
 
     @property
     def lost(self) -> bool:

@@ -45,6 +45,7 @@ from commands.errors import (
     StoreUnavailable,
     StoreUncertain,
 )
+from commands.interfaces import HeldLock
 from commands.servers import ServerEntry, Upstream, encode
 
 T = TypeVar("T")
@@ -237,14 +238,18 @@ class ConsulStore:
         fields: dict[str, Any],
         cas: int,
         witnesses: Mapping[ServerAddress, int] | None = None,
+        held: HeldLock | None = None,
     ) -> bool:
         """Check-and-set the entry; with `witnesses`, in one transaction that also checks each
-        witness entry still has the ModifyIndex given (0: it must not exist). False when any of them
-        changed, and then nothing is written. StoreUncertain when the answer was lost after sending."""
+        witness entry still has the ModifyIndex given (0: it must not exist); with `held`, also that the
+        lock key is still held by that session (`check-session`). False when any of them changed, and
+        then nothing is written. StoreUncertain when the answer was lost after sending."""
         key, value = self.key(upstream, address), encode(fields)
-        if not witnesses:
+        if not witnesses and held is None:
             return bool(await self.call(lambda c: c.kv.put(key, value, cas=cas), f"writing {key}", write=True))
-        payload = self._guarded_write(upstream, address, value, cas, witnesses)
+        payload = self._guarded_write(upstream, address, value, cas, witnesses or {})
+        if held is not None:
+            payload.append({"KV": {"Verb": "check-session", "Key": held.key, "Session": held.session}})
         try:
             await self.call(
                 lambda c: c.txn.put(payload), f"writing {key} (guarded by {len(payload) - 1} witnesses)", write=True
