@@ -335,3 +335,18 @@ async def test_a_sibling_cancelled_by_a_lost_lock_is_stopped_on_its_node_before_
     assert "release lock lost" in state.message
     assert stopped_on_node == [second]  # stopped before run() returned, not after
     assert (first, "start", "2.0") not in r.executor.calls
+
+
+async def test_an_unanswered_failure_leaves_the_node_drained_after_the_decision_timeout() -> None:
+    r = await rig()
+    r.executor.fail[(B, "deploy")] = 1
+
+    async def silent(event):  # type: ignore[no-untyped-def]
+        r.notifier.events.append(event)  # nobody answers the question
+
+    r.notifier.emit = silent  # type: ignore[method-assign]
+    r.engine.decision_timeout = 0.2
+    state = await asyncio.wait_for(r.engine.run(), 5)
+    assert state.status is Status.FAILED and r.store.down(B) and f"left drained: {B} (stopped)" in state.message
+    assert any("failure decision: leave" in line for line in r.notifier.lines())
+    assert not [c for c in r.executor.calls if c[0] == C]
