@@ -1,14 +1,20 @@
-"""`upstream-bot serve --http` as a real process, with the Consul and Slack stand-ins, for Slack tests."""
+"""`upstream-bot serve --http` as a real process, with the Consul and Slack stand-ins, for Slack tests;
+and `FakeNode`, a node for it to probe."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -34,10 +40,39 @@ class Bot:
         url = f"{self.slack_url}/response/{time.monotonic_ns()}"
         return self.post(command_body(command, text, user=user, response_url=url, **kw))
 
-    def press(self, action_id: str, value: str, user: str = "U1ALICE") -> httpx.Response:
-        return self.post(action_body(action_id, value, user=user, response_url=f"{self.slack_url}/response/press"))
+    def press(self, action_id: str, value: str, user: str = "U1ALICE", channel: str = "C0DEPLOY") -> httpx.Response:
+        url = f"{self.slack_url}/response/press"
+        return self.post(action_body(action_id, value, user=user, channel=channel, response_url=url))
 
-    def said(self, predicate, method: str | None = None, timeout: float = 10.0) -> Call:  # type: ignore[no-untyped-def]
+    def submit(self, view: dict[str, Any], values: dict[str, str], user: str = "U1ALICE") -> httpx.Response:
+        """Submit a modal the bot opened (`view` as it was sent to views.open), with `values` typed into
+        its inputs (block_id -> text), as Slack's view_submission payload."""
+        state = {
+            block["block_id"]: {block["element"]["action_id"]: {"type": "plain_text_input", "value": text}}
+            for block in view["blocks"]
+            if block["type"] == "input"
+            for text in [values.get(block["block_id"])]
+        }
+        payload = {
+            "type": "view_submission",
+            "team": {"id": "T0STANDIN", "domain": "standin"},
+            "user": {"id": user, "username": user.lower(), "team_id": "T0STANDIN"},
+            "api_app_id": "A0BOT",
+            "token": "legacy",
+            "trigger_id": f"trigger-{time.monotonic_ns()}",
+            "view": {**view, "id": "V0STANDIN", "state": {"values": state}},
+        }
+        return self.post(urlencode({"payload": json.dumps(payload)}))
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """The Consul stand-in's keys under `prefix`, read on its own loop (no race with its writes)."""
+        return sorted(k for k in self.consul.server.call(lambda: list(self.consul.standin.kv)) if k.startswith(prefix))
+
+    def history(self, app: str) -> list[dict[str, Any]]:
+        """The audit entries the bot stored in Consul for `app`, oldest first (their keys sort by time)."""
+        return [json.loads(self.consul.value(k) or "{}") for k in self.keys(f"upstream-bot/history/{app}/")]
+
+    def said(self, predicate: Callable[[Call], object], method: str | None = None, timeout: float = 10.0) -> Call:
         return self.slack.wait_for(predicate, timeout=timeout, method=method)
 
 
@@ -49,9 +84,17 @@ def answers(url: str) -> bool:
 
 
 @contextmanager
-def running_bot(folder: Path, config_text: str, env: dict[str, str] | None = None) -> Iterator[Bot]:
-    """The bot as a process; `env` adds to its environment (SLACK_API_TIMEOUT, say)."""
+def running_bot(
+    folder: Path,
+    config_text: str,
+    env: dict[str, str] | None = None,
+    seed: Callable[[Consul], object] | None = None,
+) -> Iterator[Bot]:
+    """The bot as a process; `env` adds to its environment (SLACK_API_TIMEOUT, say); `seed` fills Consul
+    before the bot starts (what its first health-watch round must see)."""
     consul = Consul()
+    if seed is not None:
+        seed(consul)
     slack = SlackStandIn(usergroups={"S0OPS": ["U3OPS"]})
     slack_server = ServerThread(slack.app()).start()
     config = folder / "upstream-bot.yml"
@@ -100,3 +143,67 @@ def confirm_key(call: Call, action_id: str = "confirm") -> str:
             if element.get("action_id") == action_id:
                 return str(element["value"])
     raise AssertionError(f"no {action_id} button in {call.args}")
+
+
+class FakeNode:
+    """A node the bot probes, served from the test's own process.
+
+    It counts the probes it gets: the health watch probes every serving node once a round, so the count
+    is the watch's clock, a positive signal that rounds happened (instead of sleeping). It answers with
+    the status and reason phrase it is given (Python's http.server sends any reason phrase, hostile ones
+    too), or with `broken` once the file `broken_by` exists (a release step can create it).
+    """
+
+    def __init__(
+        self,
+        status: int = 200,
+        reason: str = "OK",
+        broken_by: Path | None = None,
+        broken: tuple[int, str] = (503, "Service Unavailable"),
+    ) -> None:
+        self.answer = (status, reason)
+        self.broken_by = broken_by
+        self.broken = broken
+        self._probes = 0
+        self._lock = threading.Lock()
+        node = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with node._lock:
+                    node._probes += 1
+                status, reason = node.broken if node.broken_by and node.broken_by.exists() else node.answer
+                self.send_response(status, reason)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # the test's output is for its failures
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-node", daemon=True)
+
+    def __enter__(self) -> FakeNode:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    @property
+    def address(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    @property
+    def probes(self) -> int:
+        with self._lock:
+            return self._probes
+
+    def wait_probes(self, more: int, timeout: float = 30.0) -> None:
+        """Until `more` probes have come in from now (bounded by `timeout`)."""
+        target = self.probes + more
+        wait_until(lambda: self.probes >= target, timeout=timeout, what=f"{more} more probes of {self.address}")

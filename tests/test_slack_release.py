@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bot.processes import free_port, start_sample_service, stop
-from bot.slack.blocks import decision_message
+from bot.slack.release_messages import decision_message
 from bot.standins.slack import Call
 from commands.addresses import ServerAddress
 from commands.events import DANGEROUS_OPTIONS, DECISION_OPTIONS, DecisionNeeded
@@ -87,9 +87,10 @@ def start(bot: Bot, text: str, user: str = "U1ALICE") -> Call:
 
 
 def test_a_release_from_slack_posts_one_progress_message_and_edits_it(seeded: Bot, services: list[int]) -> None:
-    plan = start(seeded, "web --version 2")
-    assert "2 node(s) in 2 batch(es)" in plan.text
+    plan = start(seeded, 'web --version 2 --reason "hotfix 7"')
+    assert "2 node(s) in 2 batch(es)" in plan.text and "hotfix 7" in plan.text
     finished = seeded.said(lambda c: "succeeded" in c.text, method="chat.update", timeout=60)
+    assert "hotfix 7" in finished.text  # the reason stays in the progress message's header
     posts = [
         c for c in seeded.slack.calls("chat.postMessage") if "Release web 2" in c.text and "thread_ts" not in c.args
     ]
@@ -121,9 +122,9 @@ def test_approval_is_by_a_second_person_and_only_once(seeded: Bot, services: lis
     assert asked.args["channel"] == "C0DEPLOY" and "<@U2BOB>" in asked.text
     key = confirm_key(asked, "release_approve")
     seeded.press("release_approve", key, user="U1ALICE")  # the requester
-    seeded.said(lambda c: c.args.get("user") == "U1ALICE" and "you asked for it" in c.text)
+    seeded.said(lambda c: c.args.get("user") == "U1ALICE" and "You asked for this release" in c.text)
     seeded.press("release_approve", key, user="U9MALLORY")  # not an approver
-    seeded.said(lambda c: c.args.get("user") == "U9MALLORY" and "not an approver" in c.text)
+    seeded.said(lambda c: c.args.get("user") == "U9MALLORY" and "Only an approver of gated" in c.text)
     assert seeded.slack.calls("chat.update") == [] or all(
         "approved by" not in c.text for c in seeded.slack.calls("chat.update")
     )
@@ -138,14 +139,29 @@ def test_approval_is_by_a_second_person_and_only_once(seeded: Bot, services: lis
     assert len([c for c in starts if "thread_ts" not in c.args and "approval" not in c.text]) == 1
 
 
-def test_a_rejection_ends_it(seeded: Bot) -> None:
-    start(seeded, "gated --version 3")
+def test_a_rejection_ends_it_with_its_reason_recorded(seeded: Bot) -> None:
+    plan = start(seeded, "gated --version 3")
+    release_id = confirm_key(plan, "release_start").split(":")[0]
     asked = seeded.said(lambda c: "release_reject" in json.dumps(c.args.get("blocks")), method="chat.postMessage")
     seeded.press("release_reject", confirm_key(asked, "release_reject"), user="U2BOB")
-    seeded.said(lambda c: "rejected by <@U2BOB>" in c.text, method="chat.update")
-    seeded.said(lambda c: c.args.get("view", {}).get("callback_id") == "release_reject_reason", method="views.open")
-    # The modal is the rejection's last act; a later /release status being answered "none running" is
-    # the positive signal after which a wrongly started release would have shown (lock, progress).
+    modal = seeded.said(
+        lambda c: c.args.get("view", {}).get("callback_id") == "release_reject_reason", method="views.open"
+    )
+    # The press only asks why; the submission is the rejection.
+    assert all("rejected by" not in c.text for c in seeded.slack.calls("chat.update"))
+    seeded.submit(modal.args["view"], {"reason": "freeze <!here> until monday"}, user="U2BOB")
+    rejected = seeded.said(lambda c: "rejected by <@U2BOB>" in c.text, method="chat.update")
+    assert rejected.args["ts"] == asked.answer["ts"] and "freeze" in rejected.text and "<!here>" not in rejected.text
+    entry = wait_until(
+        lambda: [e for e in seeded.history("gated") if e["what"] == "reject" and e["target"] == release_id],
+        what="the rejection in the history",
+    )[0]
+    assert entry["who"] == "U2BOB" and entry["reason"] == "freeze \u2039!here\u203a until monday"
+    # Rejected: the buttons are gone, and a late approval changes nothing.
+    seeded.press("release_approve", confirm_key(asked, "release_approve"), user="U2BOB")
+    seeded.said(lambda c: "Already rejected by <@U2BOB>" in c.text, method="chat.postEphemeral")
+    # A later /release status being answered "none running" is the positive signal after which a
+    # wrongly started release would have shown (lock, progress).
     seeded.command("/release", "status gated")
     seeded.said(lambda c: "No release of gated is running" in c.text, method="chat.postEphemeral")
     assert not [
@@ -176,7 +192,7 @@ def test_a_failed_node_stays_drained_and_the_channel_is_alerted_with_choices(see
         if e.get("action_id") == "release_decision" and json.loads(e["value"])["decision"] == "leave"
     )
     seeded.press("release_decision", leave, user="U9MALLORY")
-    seeded.said(lambda c: c.args.get("user") == "U9MALLORY" and "Only who asked" in c.text)
+    seeded.said(lambda c: c.args.get("user") == "U9MALLORY" and "only operators of broken" in c.text)
     seeded.press("release_decision", leave, user="U2BOB")
     seeded.said(lambda c: "failed" in c.text and "left drained" in c.text, method="chat.update", timeout=30)
     assert down(seeded, "broken", first) == 1 and down(seeded, "broken", second) == 0

@@ -21,8 +21,8 @@ import time
 
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.slack.blocks import progress_message
-from bot.slack.directory import slack_call
+from bot.slack.calls import slack_call
+from bot.slack.release_messages import progress_message
 from commands.release_state import ReleaseState
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,9 @@ from aiohttp import web
 from bot.config import Config
 from bot.health.scheduler import HealthWatcher
 from bot.runtime import service_for
-from bot.slack.app import BotTokenRefused, SlackFrontEnd, build_app, make_client, warm_up
+from bot.slack.app import BotTokenRefused, build_app, make_client, warm_up
+from bot.slack.directory import ApproverDirectory
+from bot.slack.front import SlackFrontEnd
 from bot.slack.http_server import build_web_app
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,10 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
     if not http and not app_token:
         print("error: set SLACK_APP_TOKEN (xapp-...) for Socket Mode, or pass --http --port N.", file=sys.stderr)
         return 2
-    async with service_for(config) as service:
-        front = SlackFrontEnd(service, make_client(token, os.environ.get("SLACK_API_URL")), config.slack.channel)
+    # The client first: the access policy resolves user groups through it (read at every press).
+    client = make_client(token, os.environ.get("SLACK_API_URL"))
+    async with service_for(config, directory=ApproverDirectory(client)) as service:
+        front = SlackFrontEnd(service, client, config.slack.channel)
         app = build_app(front, secret if http else None)
         try:
             await warm_up(app)

@@ -3,7 +3,8 @@
 Answers the methods the bot uses like Slack does (`auth.test`, `chat.postMessage`, `chat.update`,
 `chat.postEphemeral`, `usergroups.users.list`, `views.open`, ...), and records each request's
 method, decoded body and token. `POST /response/<id>` stands in for a `response_url`.
-`rate_limit(method, times)` answers 429 with `Retry-After` that many times.
+`rate_limit(method, times)` answers 429 with `Retry-After` that many times. User groups
+(`usergroups.users.list`) are `usergroups`, changed with `set_usergroup` while the bot runs.
 
 "Slack is down", for outage tests (every `/api/*` and `/response/*` request; never `/_standin/*`),
 settable in process with `set_faults(...)` or over HTTP with `PUT /_standin/faults` {"status": 503}
@@ -97,6 +98,11 @@ class SlackStandIn:
     def clear(self) -> None:
         with self._lock:
             self._calls.clear()
+
+    def set_usergroup(self, group: str, users: list[str]) -> None:
+        """Change a user group's members (someone joins or leaves it), from any thread."""
+        with self._lock:
+            self.usergroups[group] = list(users)
 
     def rate_limit(self, method: str, times: int) -> None:
         with self._lock:
@@ -268,9 +274,11 @@ class SlackStandIn:
             return {"ok": True, "message_ts": self._next_ts()}
         if method == "usergroups.users.list":
             group = args.get("usergroup", "")
-            if group not in self.usergroups:
+            with self._lock:
+                users = self.usergroups.get(group)
+            if users is None:
                 return {"ok": False, "error": "no_such_subteam"}
-            return {"ok": True, "users": self.usergroups[group]}
+            return {"ok": True, "users": list(users)}
         if method in ("views.open", "views.update"):
             return {"ok": True, "view": {"id": "V0STANDIN", **(args.get("view") or {})}}
         return {"ok": True}

@@ -1,0 +1,62 @@
+"""An alert's buttons: Drain it (exactly `/drain <node> <app>` by whoever pressed: the same question,
+guard and access check), Silence 1 h and Acknowledge (`CommandService.mark_incident`, operators only)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from bot.slack.alert_messages import acknowledged_text, silenced_text
+from bot.slack.front import SlackFrontEnd
+from commands.errors import UserError
+from commands.events import Notice, Problem
+from commands.grammar import parse
+
+SILENCE = 3600.0  # the alert's "Silence 1 h"
+
+
+class AlertButtons:
+    def __init__(self, front: SlackFrontEnd) -> None:
+        self.front = front
+
+    async def on_drain(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.front.spawn(self._drain(body))
+
+    async def _drain(self, body: dict[str, Any]) -> None:
+        user, notifier = self.front.presser(body)
+        value = json.loads(body["actions"][0]["value"])
+        try:
+            # Parsed like typed text: the payload is the presser's, the grammar validates it.
+            request = parse("/drain", f"{value['address']} {value['app']}")
+        except UserError as error:
+            await notifier.emit(Problem(error.message))
+            return
+        await self.front.guarded(self.front.service.handle(request, user, notifier), notifier, "drain from an alert")
+
+    async def on_silence(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.front.spawn(self._mark(body, "silence"))
+
+    async def on_acknowledge(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.front.spawn(self._mark(body, "acknowledge"))
+
+    async def _mark(self, body: dict[str, Any], what: str) -> None:
+        user, notifier = self.front.presser(body)
+        value = json.loads(body["actions"][0]["value"])
+        until = time.time() + SILENCE
+        try:
+            incident = await self.front.service.mark_incident(
+                str(value["app"]), str(value["incident"]), what, user, until, notifier
+            )
+        except UserError as error:  # refused by the access policy: nothing was marked
+            await notifier.emit(Problem(error.message))
+            return
+        if incident is None:
+            await notifier.emit(Notice("That incident is already resolved."))
+            return
+        text = silenced_text(user, incident, until) if what == "silence" else acknowledged_text(incident)
+        ts = (body.get("message") or {}).get("ts") or body.get("container", {}).get("message_ts")
+        await self.front.post_thread(notifier.channel or self.front.channel or "", ts, text)

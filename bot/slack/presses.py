@@ -1,0 +1,73 @@
+"""Confirm / Start / Cancel under a question (a change, a release, turning the watch off).
+
+A press is checked against the access policy before it claims the button, so a refused press neither
+uses the button up nor shows a verdict; then it is claimed once (a double click or a Slack retry is
+answered "already confirmed"), the buttons are replaced by the verdict, and the service method is
+called, which asks the policy again at the moment it acts and answers with a Problem when refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.slack.change_messages import verdict_message
+from bot.slack.front import SlackFrontEnd
+from bot.slack.notifier import SlackNotifier
+from bot.slack.pending import ClaimRefused, Pending, Subject, title
+from commands.events import Notice, Problem, WatchOffRequested
+from commands.plans import ChangePlan
+from commands.release_plan import ReleasePlan
+from commands.service import CommandService, Outcome
+
+
+async def press_refusal(service: CommandService, subject: Subject, user: str) -> str | None:
+    """The question the service asks when it acts on `subject`, asked before the claim (see above)."""
+    policy = service.policy
+    if isinstance(subject, ChangePlan):
+        return await policy.change_refusal(user, [c.app for c in subject.changes], subject.action)
+    if isinstance(subject, ReleasePlan):
+        return await policy.change_refusal(user, [subject.app], "release")
+    return await policy.change_refusal(user, [subject.app], "turn the watch of")
+
+
+class Presses:
+    def __init__(self, front: SlackFrontEnd) -> None:
+        self.front = front
+
+    async def on_confirm(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.front.spawn(self._press(body, confirmed=True))
+
+    async def on_cancel(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.front.spawn(self._press(body, confirmed=False))
+
+    async def _press(self, body: dict[str, Any], confirmed: bool) -> None:
+        user, notifier = self.front.presser(body)
+        key = str(body["actions"][0].get("value", ""))
+        try:
+            pending = self.front.pending.check(key)
+        except ClaimRefused as refused:
+            await notifier.emit(Notice(refused.message))
+            return
+        refusal = await press_refusal(self.front.service, pending.subject, user)
+        if refusal:
+            await notifier.emit(Problem(refusal))
+            return
+        verdict = ("started" if isinstance(pending.subject, ReleasePlan) else "confirmed") if confirmed else "cancelled"
+        try:
+            pending = self.front.pending.claim(key, user, verdict)
+        except ClaimRefused as refused:  # someone (or a double click) was faster since the check
+            await notifier.emit(Notice(refused.message))
+            return
+        await self.front.replace(body, verdict_message(title(pending.subject), verdict, user))
+        if confirmed:
+            await self.front.guarded(self._act(pending, user, notifier), notifier, title(pending.subject))
+
+    async def _act(self, pending: Pending, user: str, notifier: SlackNotifier) -> Outcome:
+        service, subject = self.front.service, pending.subject
+        if isinstance(subject, ChangePlan):
+            return await service.confirm(subject, pending.stage, user, notifier)
+        if isinstance(subject, ReleasePlan):
+            return await service.start_release(subject, pending.stage, user, notifier)
+        assert isinstance(subject, WatchOffRequested)
+        return await service.set_watch(subject.app, False, user, subject.reason, notifier)

@@ -1,0 +1,206 @@
+"""Releases as Block Kit: the plan with Start, the approval request, the progress message, the
+decisions a paused release asks for, the abort question, `/release status`.
+
+Versions, addresses, step output, probe details and reasons are outside text: escaped, or in code."""
+
+from __future__ import annotations
+
+import json
+
+from bot.slack.blocks import MAX_BLOCKS, Blocks, Message, actions, button, code_sections, context, dialog, section
+from bot.slack.change_messages import reason_text
+from bot.slack.mrkdwn import code, escape, mention, own
+from bot.terminal.render import node_line, when
+from commands.events import DANGEROUS_OPTIONS, AbortRequested, DecisionNeeded, ReleaseStatusReport
+from commands.release_plan import ReleasePlan
+from commands.release_state import Phase, ReleaseState, Status
+
+
+def release_plan_message(plan: ReleasePlan, key: str, stage: int = 1, dry_run: bool = False) -> Message:
+    title = escape(plan.title)
+    if dry_run:
+        head = f"*Dry run, nothing changed:* {title}"
+    elif stage >= 2:
+        head = f":rotating_light: *Second confirmation (--force):* {title}"
+    else:
+        head = f"*{title}?*"
+    if plan.reason:
+        head += f"\n{reason_text(plan.reason)}"
+    blocks: Blocks = [section(head), *code_sections(plan.lines())[: MAX_BLOCKS - 2]]
+    if not dry_run:
+        confirm = None
+        if stage >= 2:
+            confirm = dialog(
+                "Release with no spare server?",
+                "Requests fail while the only node is drained.",
+                "Release anyway",
+                "Keep it",
+            )
+        label = "Ask for approval" if plan.approval_required else "Start"
+        blocks.append(
+            actions(
+                f"release_{plan.id}_{stage}",
+                [
+                    button(label, "release_start", key, "danger" if stage >= 2 else "primary", confirm),
+                    button("Cancel", "release_cancel", key),
+                ],
+            )
+        )
+    return f"{title}: {len(plan.nodes)} node(s)", blocks
+
+
+def approval_message(plan: ReleasePlan, key: str) -> Message:
+    who = " ".join(mention(a) for a in plan.approvers)
+    title = escape(plan.title)
+    text = (
+        f":raised_hand: {who}: {mention(plan.requester)} asks to run *{title}*. "
+        "An approver other than them may approve."
+    )
+    if plan.reason:
+        text += f"\n{reason_text(plan.reason)}"
+    blocks: Blocks = [
+        section(text),
+        *code_sections(plan.lines())[: MAX_BLOCKS - 2],  # the buttons stay, however long the plan
+        actions(
+            f"approval_{plan.id}",
+            [button("Approve", "release_approve", key, "primary"), button("Reject", "release_reject", key, "danger")],
+        ),
+    ]
+    return f"{title}: approval requested", blocks
+
+
+def approval_verdict(plan: ReleasePlan, verdict: str, user: str, reason: str | None = None) -> Message:
+    """What replaces the approval request's buttons."""
+    text = f"{escape(plan.title)} (asked by {mention(plan.requester)}): {verdict} by {mention(user)}."
+    if reason:
+        text += f" {reason_text(reason)}"
+    return text, [section(text)]
+
+
+def progress_message(state: ReleaseState, now: float, last_output: dict[str, str]) -> Message:
+    icon = {
+        Status.SUCCEEDED: ":white_check_mark:",
+        Status.FAILED: ":x:",
+        Status.ABORTED: ":octagonal_sign:",
+        Status.PAUSED: ":double_vertical_bar:",
+    }.get(state.status, ":hourglass_flowing_sand:")
+    plan = state.plan
+    title = escape(plan.title)
+    who = f"requested by {mention(plan.requester)}" + (
+        f", approved by {mention(state.approver)}" if state.approver else ""
+    )
+    head = (
+        f"{icon} *{title}*: {state.status.value}, {state.released} of {len(state.nodes)} released, "
+        f"{state.elapsed(now):.0f} s; {who}"
+    )
+    if plan.reason:
+        head += f"\n{reason_text(plan.reason)}"
+    lines = []
+    for node in state.nodes.values():
+        line = node_line(node)
+        if node.phase is Phase.STEP and str(node.address) in last_output:
+            line += f"  | {last_output[str(node.address)][:80]}"
+        lines.append(line)
+    blocks: Blocks = [section(head), *code_sections(lines)]
+    if state.message:
+        blocks.append(context(own(state.message)))
+    return f"{title}: {state.status.value}", blocks[:MAX_BLOCKS]
+
+
+# The decision buttons. The options come from the event (commands.events.DECISION_OPTIONS), never from
+# the kind, so a new option shows up without a change here (as its own name until it gets a label).
+DECISION_LABELS: dict[str, str] = {
+    "continue": "Continue",
+    "abort": "Abort",
+    "retry": "Retry node",
+    "restore": "Start, probe and restore",
+    "restore_unhealthy": "Restore UNHEALTHY node",
+    "leave": "Leave drained",
+}
+DECISION_STYLES: dict[str, str] = {"continue": "primary", "retry": "primary", "abort": "danger"}
+
+
+def decision_label(option: str) -> str:
+    """Plain text (a button's label); escape it for mrkdwn: the option may come from a press's payload."""
+    return DECISION_LABELS.get(option, option.replace("_", " ").capitalize())
+
+
+def decision_message(event: DecisionNeeded, who: str) -> Message:
+    """`who`: the people to tell, as mentions (safe mrkdwn)."""
+    plan = event.state.plan
+    node = code(event.node) if event.node else "the node"
+    title = escape(plan.title)
+    # The reason quotes a probe's answer or a step's failure: a node's words, not the bot's.
+    reason = own(event.reason)
+
+    def value(choice: str) -> str:
+        return json.dumps({"app": plan.app, "decision_id": event.decision_id, "decision": choice})
+
+    if event.kind == "canary":
+        text = f":bird: {who}: the canary {node} of *{title}* is released and healthy. Continue?"
+    elif event.kind == "restore_failed":
+        text = (
+            f":rotating_light: {who}: *{title}*: {node} was started and probed, and is NOT healthy: "
+            f"{reason}\n{node} stays drained; the other servers keep serving; nothing further is touched."
+        )
+    else:
+        text = (
+            f":rotating_light: {who}: *{title}* stopped at {node}: {reason}\n"
+            f"{node} stays drained; the other servers keep serving; nothing further is touched."
+        )
+    buttons = []
+    for option in event.options:
+        style, confirm = DECISION_STYLES.get(option), None
+        if option in DANGEROUS_OPTIONS:
+            # Slack's own dialog: the explicit second confirmation before the press reaches the bot.
+            style = "danger"
+            confirm = dialog(
+                "Put an unhealthy node back into traffic?",
+                f"{event.node} failed its health probe. Restored, it gets requests again, and they may fail.",
+                "Restore it",
+                "Keep it drained",
+            )
+        buttons.append(button(decision_label(option), "release_decision", value(option), style, confirm))
+    return text.replace("*", ""), [section(text), actions(f"decision_{event.decision_id}", buttons)]
+
+
+def abort_message(event: AbortRequested) -> Message:
+    confirm = dialog(
+        "Abort the release?",
+        "It stops before the next step; a stopped node is started and probed first.",
+        "Abort",
+        "Go on",
+    )
+    value = json.dumps({"app": event.app, "release_id": event.release_id})
+    app = escape(event.app)
+    return f"Abort the release of {app}?", [
+        section(f"Abort the running release of *{app}*?"),
+        actions(f"abort_{event.release_id}", [button("Abort release", "release_abort", value, "danger", confirm)]),
+    ]
+
+
+def release_status_message(event: ReleaseStatusReport, now: float) -> Message:
+    if event.state is not None:
+        return progress_message(event.state, now, {})
+    app = escape(event.app)
+    if event.lock is not None:
+        lock = event.lock
+        # The lock's value is read from Consul: its holder and requester are shown, never obeyed.
+        text = (
+            f"A release of {app} is running on {escape(lock.holder)}: started by {mention(lock.requester)} "
+            f"at {when(lock.since)} (release {code(lock.release_id)})."
+        )
+        return text, [section(text)]
+    text = f"No release of {app} is running."
+    return text, [section(text)]
+
+
+def finished_line(state: ReleaseState) -> str:
+    """The release's last word, in the progress message's thread."""
+    return f"{escape(state.plan.title)}: {state.status.value}. {own(state.message)}"
+
+
+def failed_alert(state: ReleaseState, who: str) -> Message:
+    """A release that stopped without asking (preflight, a guard, a lost lock): the people concerned."""
+    text = f"{who}: {escape(state.plan.title)} failed: {own(state.message)}"
+    return text, [section(f":rotating_light: {text}")]

@@ -1,0 +1,61 @@
+"""A release's messages in the channel: one progress message per release (edited in place, see
+progress.py), the failing step's output in its thread, the decisions it waits for, its end."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bot.slack.mrkdwn import code_block, mention
+from bot.slack.progress import ProgressMessage
+from bot.slack.release_messages import decision_message, failed_alert, finished_line
+from commands.events import DecisionNeeded
+from commands.release_plan import ReleasePlan
+from commands.release_state import ReleaseState, Status
+
+if TYPE_CHECKING:
+    from bot.slack.front import SlackFrontEnd
+
+
+class ReleasePosts:
+    def __init__(self, front: SlackFrontEnd) -> None:
+        self.front = front
+        self.progresses: dict[str, ProgressMessage] = {}  # release id -> its progress message
+        self.alerted: set[str] = set()  # releases whose failure was already posted with buttons
+
+    def people(self, plan: ReleasePlan) -> str:
+        """The requester and the app's approvers, as mentions (who a release's questions are for)."""
+        approvers = self.front.service.apps[plan.app].approvers if plan.app in self.front.service.apps else ()
+        return " ".join(mention(i) for i in dict.fromkeys([plan.requester, *approvers]))
+
+    def progress(self, state: ReleaseState, origin: str) -> ProgressMessage:
+        progress = self.progresses.get(state.plan.id)
+        if progress is None:
+            progress = ProgressMessage(self.front.client, self.front.release_channel(origin))
+            self.progresses[state.plan.id] = progress
+        return progress
+
+    async def update(self, state: ReleaseState, thread: str | None, origin: str) -> None:
+        # The thread is a failing step's output: the node's words, in a code block they cannot close.
+        await self.progress(state, origin).update(state, code_block(thread) if thread else None)
+
+    def output(self, release_id: str, node: str, line: str) -> None:
+        """The last line a step printed on a node, shown beside it (escaped when rendered)."""
+        progress = self.progresses.get(release_id)
+        if progress is not None:
+            progress.last_output[node] = line
+
+    async def decision(self, event: DecisionNeeded, origin: str) -> None:
+        self.alerted.add(event.state.plan.id)
+        message = decision_message(event, self.people(event.state.plan))
+        await self.front.post(self.front.release_channel(origin), message)
+
+    async def finished(self, state: ReleaseState, origin: str) -> None:
+        progress = self.progress(state, origin)
+        progress.reply(finished_line(state))  # sent after the final edit
+        # In the background: with Slack down, finish retries for about 30 s; nothing waits for that.
+        self.front.spawn(progress.finish(state))
+        if state.status is Status.FAILED and state.plan.id not in self.alerted:
+            # Stopped without a question (preflight, guard, lost lock): still tell the people concerned.
+            await self.front.post(progress.channel, failed_alert(state, self.people(state.plan)))
+        self.progresses.pop(state.plan.id, None)
+        self.alerted.discard(state.plan.id)

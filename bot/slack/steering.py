@@ -1,0 +1,49 @@
+"""A running release's buttons: the decisions it waits for (continue, retry, restore, leave, ...) and
+Abort. The service decides who may press them (`decide`, `abort_release` ask the access policy)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bot.slack.blocks import text_message
+from bot.slack.front import SlackFrontEnd
+from bot.slack.mrkdwn import escape, mention
+from bot.slack.release_messages import decision_label
+
+
+class Steering:
+    def __init__(self, front: SlackFrontEnd) -> None:
+        self.front = front
+
+    async def on_decision(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.front.spawn(self._decision(body))
+
+    async def _decision(self, body: dict[str, Any]) -> None:
+        user, notifier = self.front.presser(body)
+        value = json.loads(body["actions"][0]["value"])
+        app, decision = str(value["app"]), str(value["decision"])
+        work = self.front.service.decide(app, str(value["decision_id"]), decision, user, notifier)
+        outcome = await self.front.guarded(work, notifier, f"a decision about the release of {app}")
+        if outcome is not None and outcome.ok:
+            # The option comes from the press's payload: shown escaped, whatever it says.
+            await self.front.post_thread(
+                notifier.channel,
+                (body.get("message") or {}).get("ts"),
+                f"{mention(user)} chose: {escape(decision_label(decision))}",
+            )
+
+    async def on_abort(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.front.spawn(self._abort(body))
+
+    async def _abort(self, body: dict[str, Any]) -> None:
+        user, notifier = self.front.presser(body)
+        value = json.loads(body["actions"][0]["value"])
+        app = str(value["app"])
+        work = self.front.service.abort_release(app, str(value["release_id"]), user, notifier)
+        outcome = await self.front.guarded(work, notifier, f"aborting the release of {app}")
+        if outcome is not None and outcome.ok:
+            text = f"Abort of the release of {escape(app)} requested by {mention(user)}."
+            await self.front.replace(body, text_message(text))  # the Abort button cannot be pressed again
