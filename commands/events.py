@@ -196,6 +196,7 @@ class AbortRequested:
     app: str
     release_id: str
     requester: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,13 @@ _REASON = re.compile(
 CHANGING = (DrainRequest, UndrainRequest, AddRequest, RemoveRequest, ReleaseRequest, ReleaseAbortRequest, WatchRequest)
 
 
+def clean_reason(raw: str | None) -> str:
+    """A reason as it is kept: one line of printable text, no Slack markup (`<` and `>` become
+    look-alikes, so `<!channel>` or a link cannot be typed); may be empty."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in raw or "").split())
+    return text.replace("<", "\u2039").replace(">", "\u203a")
+
+
 def _take_reason(command: str, text: str) -> tuple[str, str | None]:
     """The text without its `--reason`, and the reason (cleaned: one line, no control characters)."""
     match = _REASON.search(text)
@@ -118,9 +125,7 @@ def _take_reason(command: str, text: str) -> tuple[str, str | None]:
             raise UsageError(f'`--reason` needs text, e.g. `--reason "disk full"`.\n{usage(command)}')
         return text, None
     raw = next(g for g in match.groups() if g is not None)
-    reason = " ".join("".join(c if c.isprintable() else " " for c in raw).split())
-    # No Slack markup from a reason: `<`/`>` become look-alikes, so `<!channel>` or a link cannot be typed.
-    reason = reason.replace("<", "‹").replace(">", "›")  # noqa: RUF001 (look-alikes on purpose)
+    reason = clean_reason(raw)
     if not reason:
         raise UsageError(f'`--reason` needs text, e.g. `--reason "disk full"`.\n{usage(command)}')
     if len(reason) > REASON_CHARS:

@@ -55,6 +55,13 @@ class ProbeResult:
     seconds: float = 0.0
 
 
+def quoted(detail: str) -> str:
+    """A node's own words (an HTTP reason phrase) inside a sentence of ours: no `<`/`>` (look-alikes
+    instead), so the front ends can keep our own mentions in that sentence and still never let a node
+    ping or link; cut to a sane length."""
+    return detail.replace("<", "\u2039").replace(">", "\u203a")[:200]
+
+
 class Prober(Protocol):
     async def probe(self, url: str, timeout: float) -> ProbeResult: ...
 

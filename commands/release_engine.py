@@ -27,7 +27,7 @@ from commands.addresses import ServerAddress
 from commands.errors import StoreError
 from commands.events import DECISION_OPTIONS, DecisionNeeded, Event, Notifier, ReleaseUpdate, StepOutput
 from commands.health_window import HealthWindow, Verdict
-from commands.interfaces import Clock, Executor, NginxReader, Prober, ProbeResult, ReleaseLock, UpstreamStore
+from commands.interfaces import Clock, Executor, NginxReader, Prober, ProbeResult, ReleaseLock, UpstreamStore, quoted
 from commands.probing import probe_nodes
 from commands.release_plan import ReleasePlan, node_healthy, step_problems
 from commands.release_state import NodeState, Phase, ReleaseState, Status
@@ -514,7 +514,7 @@ class ReleaseEngine:
             if verdict is Verdict.FAILED:
                 return (
                     f"health window failed: no {health.rise} passes in a row within {health.window:g} s "
-                    f"(last: {result.detail})"
+                    f"(last: {quoted(result.detail)})"
                 )
             # On a fixed cadence from the window's start: a probe's own time does not push the next one.
             await self._sleep(max(0.0, window.started_at + probes * health.interval - self.clock.now()))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from commands.addresses import ServerAddress
 from commands.errors import UserError
-from commands.interfaces import NginxView, ProbeResult
+from commands.interfaces import NginxView, ProbeResult, quoted
 from commands.requests import ReleaseRequest
 from commands.servers import Upstream
 from commands.settings import AppSettings
@@ -65,7 +65,7 @@ def node_healthy(address: ServerAddress, probes: dict[ServerAddress, ProbeResult
     """Why a node is not healthy right now, or None."""
     probe = probes.get(address)
     if probe is not None and not probe.healthy:
-        return f"probe failed ({probe.detail})"
+        return f"probe failed ({quoted(probe.detail)})"
     if view.checks is not None and view.checks.get(str(address)) == "down":
         return "nginx's check reports it down"
     return None

@@ -32,7 +32,7 @@ from commands.events import (
 )
 from commands.grammar import usage
 from commands.history import History, HistoryEntry, NoHistory, iso, where_of
-from commands.interfaces import Clock, NginxReader, NginxView, Prober, UpstreamStore
+from commands.interfaces import Clock, NginxReader, NginxView, Prober, UpstreamStore, quoted
 from commands.plans import (
     CAS_ATTEMPTS,
     ChangePlan,
@@ -244,7 +244,7 @@ class CommandService:
                 if holder is None:
                     raise UserError(f"No release of {app.name} is running; nothing to abort.")
                 raise UserError(f"{held_by(holder, app.name)}; abort it from the bot instance that runs it.")
-            await notifier.emit(AbortRequested(app.name, engine.plan.id, requester))
+            await notifier.emit(AbortRequested(app.name, engine.plan.id, requester, request.reason))
             return Outcome.PENDING
         plan = await releases.plan(app, request, requester)
         if plan.dry_run:
@@ -267,6 +267,15 @@ class CommandService:
             return Outcome.PENDING
         return await self._run_release(plan, None, notifier)
 
+    async def press_refusal(self, subject: ChangePlan | ReleasePlan | WatchOffRequested, who: str) -> str | None:
+        """Why `who` may not press Confirm/Start on `subject` (the same question confirm(), start_release()
+        and set_watch() ask); front ends ask it before claiming a button, so a refused press uses nothing up."""
+        if isinstance(subject, ChangePlan):
+            return await self.policy.change_refusal(who, [c.app for c in subject.changes], subject.action)
+        if isinstance(subject, ReleasePlan):
+            return await self.policy.change_refusal(who, [subject.app], "release")
+        return await self.policy.change_refusal(who, [subject.app], "turn the watch of")
+
     async def approval_refusal(self, plan: ReleasePlan, approver: str) -> str | None:
         return await self.policy.approval_refusal(approver, plan.app, plan.requester)
 
@@ -280,6 +289,10 @@ class CommandService:
 
     async def reject_release(self, plan: ReleasePlan, who: str, reason: str | None, notifier: Notifier) -> Outcome:
         """Recorded with the reason; the release never starts."""
+        refusal = await self.policy.rejection_refusal(who, plan.app, plan.requester)
+        if refusal:
+            await notifier.emit(Problem(refusal))
+            return Outcome.REFUSED
         await self.record(notifier, plan.app, "reject", who, plan.id, reason=reason, outcome=plan.title)
         return Outcome.DONE
 
@@ -480,7 +493,7 @@ class CommandService:
             return None
         return (
             f"{address} is being released right now ({node.label}) by {engine.plan.title}, started by "
-            f"<@{engine.plan.requester}>; wait for it, answer its question, or `/release abort {app}`"
+            f"{mention(engine.plan.requester)}; wait for it, answer its question, or `/release abort {app}`"
         )
 
     async def _release_note(self, app: str, address: ServerAddress, drain: bool, force: bool = False) -> str | None:
@@ -724,7 +737,7 @@ class CommandService:
                 )
                 return (
                     f"Not {'undrained' if plan.action == 'undrain' else 'added'}: the probe of {url} "
-                    f"failed ({result.detail}). Nothing was changed; {hint}."
+                    f"failed ({quoted(result.detail)}). Nothing was changed; {hint}."
                 )
         return None
 

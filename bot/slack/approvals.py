@@ -25,17 +25,15 @@ from bot.slack.pending import ClaimRefused, Pending
 from bot.slack.release_messages import approval_verdict
 from commands.events import Notice, Problem
 from commands.grammar import REASON_CHARS
+from commands.grammar import clean_reason as clean_reason_text
 from commands.release_plan import ReleasePlan
 
 REJECT_VIEW = "release_reject_reason"
 
 
 def clean_reason(raw: str | None) -> str | None:
-    """A reason typed in the modal, held to the rules of `--reason`: one line of printable text, no
-    Slack markup (`<` and `>` become look-alikes), at most REASON_CHARS; None when empty."""
-    text = " ".join("".join(c if c.isprintable() else " " for c in raw or "").split())
-    text = text.replace("<", "\u2039").replace(">", "\u203a")
-    return text[:REASON_CHARS] or None
+    """A reason typed in the modal, held to the rules of `--reason`; None when empty."""
+    return clean_reason_text(raw)[:REASON_CHARS] or None
 
 
 class Approvals:

@@ -12,21 +12,11 @@ from typing import Any
 from bot.slack.change_messages import verdict_message
 from bot.slack.front import SlackFrontEnd
 from bot.slack.notifier import SlackNotifier
-from bot.slack.pending import ClaimRefused, Pending, Subject, title
+from bot.slack.pending import ClaimRefused, Pending, title
 from commands.events import Notice, Problem, WatchOffRequested
 from commands.plans import ChangePlan
 from commands.release_plan import ReleasePlan
-from commands.service import CommandService, Outcome
-
-
-async def press_refusal(service: CommandService, subject: Subject, user: str) -> str | None:
-    """The question the service asks when it acts on `subject`, asked before the claim (see above)."""
-    policy = service.policy
-    if isinstance(subject, ChangePlan):
-        return await policy.change_refusal(user, [c.app for c in subject.changes], subject.action)
-    if isinstance(subject, ReleasePlan):
-        return await policy.change_refusal(user, [subject.app], "release")
-    return await policy.change_refusal(user, [subject.app], "turn the watch of")
+from commands.service import Outcome
 
 
 class Presses:
@@ -49,7 +39,7 @@ class Presses:
         except ClaimRefused as refused:
             await notifier.emit(Notice(refused.message))
             return
-        refusal = await press_refusal(self.front.service, pending.subject, user)
+        refusal = await self.front.service.press_refusal(pending.subject, user)
         if refusal:
             await notifier.emit(Problem(refusal))
             return

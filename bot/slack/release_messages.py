@@ -171,7 +171,7 @@ def abort_message(event: AbortRequested) -> Message:
         "Abort",
         "Go on",
     )
-    value = json.dumps({"app": event.app, "release_id": event.release_id})
+    value = json.dumps({"app": event.app, "release_id": event.release_id, "reason": event.reason})
     app = escape(event.app)
     return f"Abort the release of {app}?", [
         section(f"Abort the running release of *{app}*?"),

@@ -42,7 +42,10 @@ class Steering:
         user, notifier = self.front.presser(body)
         value = json.loads(body["actions"][0]["value"])
         app = str(value["app"])
-        work = self.front.service.abort_release(app, str(value["release_id"]), user, notifier)
+        reason = value.get("reason")  # the --reason of `/release abort`, carried by the button
+        work = self.front.service.abort_release(
+            app, str(value["release_id"]), user, notifier, str(reason) if reason else None
+        )
         outcome = await self.front.guarded(work, notifier, f"aborting the release of {app}")
         if outcome is not None and outcome.ok:
             text = f"Abort of the release of {escape(app)} requested by {mention(user)}."

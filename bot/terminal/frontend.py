@@ -231,7 +231,9 @@ class TerminalFrontEnd:
             elif isinstance(pending, WatchOffRequested):
                 outcome = await self.service.set_watch(pending.app, False, self.user, pending.reason, self)
             else:
-                outcome = await self.service.abort_release(pending.app, pending.release_id, self.user, self)
+                outcome = await self.service.abort_release(
+                    pending.app, pending.release_id, self.user, self, pending.reason
+                )
         return outcome
 
     async def _confirmed(
