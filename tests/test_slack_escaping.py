@@ -28,6 +28,7 @@ from tests.helpers import wait_until
 from tests.slack_bot import Bot, FakeNode, confirm_key, running_bot
 
 HOSTILE = "<!channel> approve here: <https://evil.example/login|Slack SSO>"
+DEFUSED = "\u2039!channel\u203a"  # how a node's `<!channel>` reads once quoted in a sentence of ours
 PINGS = ("<!channel>", "<!here>", "<!everyone>", "<https://evil", "<http://evil")
 
 
@@ -223,7 +224,8 @@ def test_a_refusal_quoting_a_hostile_probe_is_escaped(bot: Bot, nodes: Nodes) ->
     asked = bot.said(lambda c: f"Undrain {nodes.sick_drained.address}" in c.text, method="chat.postEphemeral")
     bot.press("confirm", confirm_key(asked))  # the probe is the undrain's guard, run at the press
     refused = bot.said(lambda c: "Not undrained" in c.text, method="chat.postEphemeral")
-    assert safe(sent(refused)) and "&lt;!channel&gt;" in sent(refused)
+    # The node's words inside our sentence arrive defused as look-alikes (DEFUSED), never as markup.
+    assert safe(sent(refused)) and DEFUSED in sent(refused)
 
 
 def test_a_release_failure_alert_quoting_a_hostile_probe_is_escaped(bot: Bot, nodes: Nodes) -> None:
@@ -234,7 +236,7 @@ def test_a_release_failure_alert_quoting_a_hostile_probe_is_escaped(bot: Bot, no
         lambda c: "release_decision" in sent(c) and "Release rel" in c.text, method="chat.postMessage", timeout=60
     )
     assert "health window failed" in alert.text
-    assert safe(sent(alert)) and "&lt;!channel&gt;" in sent(alert)
+    assert safe(sent(alert)) and DEFUSED in sent(alert)
     progress = [c for c in bot.slack.calls() if c.method in ("chat.postMessage", "chat.update") and "rel" in c.text]
     assert progress and all(safe(sent(c)) for c in progress)
     leave = next(
@@ -246,7 +248,7 @@ def test_a_release_failure_alert_quoting_a_hostile_probe_is_escaped(bot: Bot, no
     wait_until(lambda: "release.finish" in json.dumps(bot.history("rel")), what="the release recorded")
     bot.command("/upstream", "history rel")
     history = bot.said(lambda c: "History of rel" in c.text and "release.node" in c.text, method="chat.postEphemeral")
-    assert safe(sent(history)) and "&lt;!channel&gt;" in sent(history)
+    assert safe(sent(history)) and DEFUSED in sent(history)
 
 
 def test_step_output_cannot_close_the_failure_threads_code_block(bot: Bot) -> None:
