@@ -594,13 +594,18 @@ class ReleaseEngine:
         self._options = DECISION_OPTIONS[kind]
         self.state.status = Status.PAUSED
         self.state.message = reason
-        await self._emit(DecisionNeeded(self.state, kind, self._decision_id, node, reason))
+        # Shown on its own: a front end that asks in place (the terminal's prompt) must not hold the
+        # decision's timeout or the lock's watch.
+        shown = asyncio.ensure_future(self._emit(DecisionNeeded(self.state, kind, self._decision_id, node, reason)))
         try:
             choice = await self._guarded(asyncio.wait_for(asyncio.shield(self._decision), self.decision_timeout))
         except TimeoutError:
             choice = "leave" if kind != "canary" else "abort"
         finally:
             self._decision_id, self._options = None, ()
+            if not shown.done():
+                shown.cancel()  # the question is over: a prompt still open is closed
+                await asyncio.wait({shown}, timeout=1.0)
         self.state.status = Status.RUNNING
         await self._update(f"{kind} decision: {choice}")
         return choice

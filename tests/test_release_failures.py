@@ -350,3 +350,20 @@ async def test_an_unanswered_failure_leaves_the_node_drained_after_the_decision_
     assert state.status is Status.FAILED and r.store.down(B) and f"left drained: {B} (stopped)" in state.message
     assert any("failure decision: leave" in line for line in r.notifier.lines())
     assert not [c for c in r.executor.calls if c[0] == C]
+
+
+async def test_a_front_end_that_asks_in_place_does_not_hold_the_decision_timeout() -> None:
+    r = await rig()
+    r.executor.fail[(B, "deploy")] = 1
+    asked: list[str] = []
+
+    async def prompt_forever(event):  # type: ignore[no-untyped-def]
+        r.notifier.events.append(event)
+        if isinstance(event, DecisionNeeded):
+            asked.append(event.kind)
+            await asyncio.Event().wait()  # a terminal prompt nobody answers
+
+    r.notifier.emit = prompt_forever  # type: ignore[method-assign]
+    r.engine.decision_timeout = 0.2
+    state = await asyncio.wait_for(r.engine.run(), 5)
+    assert asked == ["failure"] and state.status is Status.FAILED and r.store.down(B)
