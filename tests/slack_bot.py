@@ -207,3 +207,43 @@ class FakeNode:
         """Until `more` probes have come in from now (bounded by `timeout`)."""
         target = self.probes + more
         wait_until(lambda: self.probes >= target, timeout=timeout, what=f"{more} more probes of {self.address}")
+
+
+@contextmanager
+def replica(first: Bot, folder: Path, config_text: str, env: dict[str, str] | None = None) -> Iterator[Bot]:
+    """A second `upstream-bot serve --http` process beside `first` (started by `running_bot`), on the same
+    Consul and Slack stand-ins: another replica, as several are run behind one Slack app."""
+    config = folder / "upstream-bot.yml"
+    config.write_text(config_text)
+    port = free_port()
+    env = {
+        **os.environ,
+        "UPSTREAM_BOT_CONFIG": str(config),
+        "CONSUL_HTTP_ADDR": first.consul.url,
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": f"{first.slack_url}/api/",
+        **(env or {}),
+    }
+    log_path = folder / "bot.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "--log-level", "INFO", "serve", "--http", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(
+            lambda: process.poll() is not None or answers(f"http://127.0.0.1:{port}/healthz"),
+            timeout=20,
+            what="the second replica answering /healthz",
+        )
+        if process.poll() is not None:
+            raise AssertionError(log_path.read_text())
+        yield Bot(f"http://127.0.0.1:{port}", first.consul, first.slack, first.slack_url)
+    finally:
+        stop([process])  # type: ignore[list-item]
+        log.close()
+        lines = [line for line in log_path.read_text().splitlines() if "apscheduler" not in line]
+        print("\n".join(lines)[-8000:])

@@ -40,8 +40,8 @@ class Approvals:
     def __init__(self, front: SlackFrontEnd) -> None:
         self.front = front
 
-    def _pending(self, key: str) -> tuple[Pending, ReleasePlan]:
-        pending = self.front.pending.check(key, approval=True)
+    async def _pending(self, key: str) -> tuple[Pending, ReleasePlan]:
+        pending = await self.front.pending.check(key, approval=True)
         assert isinstance(pending.subject, ReleasePlan)  # only a release plan waits for an approval
         return pending, pending.subject
 
@@ -55,7 +55,7 @@ class Approvals:
         user, notifier = self.front.presser(body)
         key = str(body["actions"][0].get("value", ""))
         try:
-            pending, plan = self._pending(key)
+            pending, plan = await self._pending(key)
         except ClaimRefused as refused:
             await notifier.emit(Notice(refused.message))
             return
@@ -64,7 +64,7 @@ class Approvals:
             await notifier.emit(Problem(refusal))
             return
         try:
-            self.front.pending.claim(key, user, "approved", approval=True)
+            await self.front.pending.claim(key, user, "approved", approval=True)
         except ClaimRefused as refused:
             await notifier.emit(Notice(refused.message))
             return
@@ -81,7 +81,7 @@ class Approvals:
         user, notifier = self.front.presser(body)
         key = str(body["actions"][0].get("value", ""))
         try:
-            pending, plan = self._pending(key)
+            pending, plan = await self._pending(key)
         except ClaimRefused as refused:
             await notifier.emit(Notice(refused.message))
             return
@@ -116,7 +116,7 @@ class Approvals:
         self, key: str, user: str, reason: str | None, notifier: SlackNotifier, body: dict[str, Any] | None
     ) -> None:
         try:
-            pending, plan = self._pending(key)
+            pending, plan = await self._pending(key)
         except ClaimRefused as refused:
             await notifier.emit(Notice(refused.message))
             return
@@ -126,7 +126,7 @@ class Approvals:
             await notifier.emit(Problem(refusal))
             return
         try:
-            self.front.pending.claim(key, user, "rejected", approval=True)
+            await self.front.pending.claim(key, user, "rejected", approval=True)
         except ClaimRefused as refused:
             await notifier.emit(Notice(refused.message))
             return

@@ -16,6 +16,7 @@ from typing import Any
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from bot.consul.pending import PendingKV
 from bot.slack.alert_posts import AlertPosts
 from bot.slack.blocks import Message
 from bot.slack.calls import slack_call
@@ -29,11 +30,18 @@ log = logging.getLogger(__name__)
 
 
 class SlackFrontEnd:
-    def __init__(self, service: CommandService, client: AsyncWebClient, channel: str | None = None) -> None:
+    def __init__(
+        self,
+        service: CommandService,
+        client: AsyncWebClient,
+        channel: str | None = None,
+        pending: PendingKV | None = None,
+    ) -> None:
         self.service = service
         self.client = client
         self.channel = channel  # the team's deploy channel: every result is posted there too
-        self.pending = Confirmations()
+        # In Consul when given (any replica takes a press), else in this process's memory.
+        self.pending = Confirmations(kv=pending)
         self.releases = ReleasePosts(self)
         self.alerts = AlertPosts(self)
         self._tasks: set[asyncio.Task[object]] = set()

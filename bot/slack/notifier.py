@@ -74,10 +74,10 @@ class SlackNotifier:
             case StatusReport():
                 await self.private(status_message(event))
             case ConfirmationNeeded(plan=plan, stage=stage):
-                pending = front.pending.add(plan, stage, self.channel)
+                pending = await front.pending.add(plan, stage, self.channel)
                 await self.private(confirmation_message(event, pending.key))
             case WatchOffRequested():
-                pending = front.pending.add(event, 1, self.channel)
+                pending = await front.pending.add(event, 1, self.channel)
                 await self.private(watch_off_message(event, pending.key))
             case ChangeApplied():
                 await front.announce(self.channel, applied_message(event))
@@ -90,16 +90,17 @@ class SlackNotifier:
             case HistoryReport():
                 await self.private(history_message(event))
             case ReleasePlanned(plan=plan, stage=stage):
-                pending = front.pending.add(plan, stage, self.channel)
+                pending = await front.pending.add(plan, stage, self.channel)
                 await self.private(release_plan_message(plan, pending.key, stage))
             case ReleaseDryRun(plan=plan):
                 await self.private(release_plan_message(plan, "", dry_run=True))
             case ApprovalRequested(plan=plan):
-                pending = front.pending.add(plan, APPROVAL, self.channel)
+                pending = await front.pending.add(plan, APPROVAL, self.channel)
                 channel = front.release_channel(self.channel)
                 ts = await front.post(channel, approval_message(plan, pending.key))
                 if ts:
-                    pending.message = (channel, ts)  # edited with the verdict once someone decides
+                    # edited with the verdict once someone decides
+                    await front.pending.remember_message(pending, channel, ts)
             case ReleaseUpdate(state=state, thread=thread):
                 await front.releases.update(state, thread, self.channel)
             case StepOutput(release_id=release_id, output=output):

@@ -35,7 +35,7 @@ class Presses:
         user, notifier = self.front.presser(body)
         key = str(body["actions"][0].get("value", ""))
         try:
-            pending = self.front.pending.check(key)
+            pending = await self.front.pending.check(key)
         except ClaimRefused as refused:
             await notifier.emit(Notice(refused.message))
             return
@@ -45,7 +45,7 @@ class Presses:
             return
         verdict = ("started" if isinstance(pending.subject, ReleasePlan) else "confirmed") if confirmed else "cancelled"
         try:
-            pending = self.front.pending.claim(key, user, verdict)
+            pending = await self.front.pending.claim(key, user, verdict)
         except ClaimRefused as refused:  # someone (or a double click) was faster since the check
             await notifier.emit(Notice(refused.message))
             return

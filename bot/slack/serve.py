@@ -10,6 +10,8 @@ import sys
 from aiohttp import web
 
 from bot.config import Config
+from bot.consul.pending import PendingKV
+from bot.consul.store import ConsulStore
 from bot.health.scheduler import HealthWatcher
 from bot.runtime import service_for
 from bot.slack.app import BotTokenRefused, build_app, make_client, warm_up
@@ -36,7 +38,9 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
     # The client first: the access policy resolves user groups through it (read at every press).
     client = make_client(token, os.environ.get("SLACK_API_URL"))
     async with service_for(config, directory=ApproverDirectory(client)) as service:
-        front = SlackFrontEnd(service, client, config.slack.channel)
+        # Pending confirmations live in the bot's Consul, so a press may reach any replica.
+        pending = PendingKV(service.store) if isinstance(service.store, ConsulStore) else None
+        front = SlackFrontEnd(service, client, config.slack.channel, pending)
         app = build_app(front, secret if http else None)
         try:
             await warm_up(app)
