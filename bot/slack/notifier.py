@@ -20,6 +20,7 @@ from bot.slack.release_messages import (
     release_status_message,
 )
 from bot.slack.status_messages import status_message
+from commands.errors import StoreError
 from commands.events import (
     AbortRequested,
     AlertsReport,
@@ -65,6 +66,15 @@ class SlackNotifier:
         (slack_call); this catches the rest."""
         try:
             await self._emit(event)
+        except StoreError as error:
+            # A question whose buttons could not be kept in Consul: the person is told, nothing is pending.
+            log.error("cannot keep %s for a press: %s", type(event).__name__, error.message)
+            try:
+                await self.private(
+                    own_message(f"Nothing was asked and nothing changed: Consul did not answer ({error.message}).")
+                )
+            except Exception:
+                log.exception("cannot tell %s in %s", self.user, self.channel)
         except Exception:
             log.exception("cannot show %s in Slack", type(event).__name__)
 
