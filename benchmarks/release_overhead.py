@@ -31,12 +31,14 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.clock import SystemClock
+from bot.consul.journal import ConsulJournal
+from bot.consul.lock import ConsulLockManager
 from bot.consul.store import ConsulStore
 from bot.executors.local import LocalExecutor
 from bot.health.prober import HttpProber
 from bot.nginx.status import HttpNginxReader, parse_upstream_show
 from bot.processes import free_port, start_sample_service, stop, wait_http
-from commands.interfaces import NginxView
+from commands.interfaces import LockInfo, NginxView
 from commands.release_engine import ReleaseEngine
 from commands.release_plan import plan_release
 from commands.release_state import Status
@@ -94,9 +96,17 @@ async def release(consul_url: str, health_port: int, views_url: str | None) -> t
             app, ReleaseRequest("app", version="2"), "bench", await store.read("app"), {}, await nginx.read("app")
         )
         CountingReader.reads = 0  # the release's own reads, not the plan's
-        engine = ReleaseEngine(plan, app, store, LocalExecutor(app), prober, nginx, SystemClock(), Quiet())
+        # As in production: under the Consul lock (writes carry check-session) and with the journal written ahead.
+        lock = await ConsulLockManager(store).acquire(LockInfo("app", plan.id, "bench", "bench:1", time.time()))
+        journal = ConsulJournal(store, "bench:1")
+        engine = ReleaseEngine(
+            plan, app, store, LocalExecutor(app), prober, nginx, SystemClock(), Quiet(), lock=lock, journal=journal
+        )
         started = time.perf_counter()
-        state = await engine.run()
+        try:
+            state = await engine.run()
+        finally:
+            await lock.release()
         if state.status is not Status.SUCCEEDED:
             print(f"  release did not succeed: {state.message}")
         return time.perf_counter() - started, state.status

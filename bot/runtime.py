@@ -14,6 +14,7 @@ import httpx
 from bot.clock import SystemClock
 from bot.config import Config
 from bot.consul.history import ConsulHistory
+from bot.consul.journal import ConsulJournal
 from bot.consul.lock import ConsulLockManager
 from bot.consul.store import ConsulStore
 from bot.executors.factory import executor_for
@@ -50,8 +51,10 @@ async def service_for(
         def executors(app: AppSettings) -> Executor:
             return executor_for(app, config)
 
+        holder = holder_name()
         releases = Releases(
-            config.apps, store, prober, nginx, clock, ConsulLockManager(store), executors, holder_name()
+            config.apps, store, prober, nginx, clock, ConsulLockManager(store), executors, holder,
+            ConsulJournal(store, holder),
         )
         watcher = HealthWatcher(config.apps, store, prober, nginx, clock, releases)
         try:

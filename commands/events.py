@@ -8,6 +8,7 @@ from typing import Protocol
 from commands.addresses import ServerAddress
 from commands.history import HistoryEntry
 from commands.interfaces import LockInfo, ProbeResult
+from commands.journal import JournalEntry
 from commands.plans import ChangePlan, ChangeResult
 from commands.release_plan import ReleasePlan
 from commands.release_state import ReleaseState
@@ -187,6 +188,7 @@ class ReleaseStatusReport:
     app: str
     state: ReleaseState | None
     lock: LockInfo | None
+    journal: JournalEntry | None = None  # when this replica does not run it: the journal in Consul
 
 
 @dataclass(frozen=True)

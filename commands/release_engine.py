@@ -28,6 +28,7 @@ from commands.errors import StoreError
 from commands.events import DECISION_OPTIONS, DecisionNeeded, Event, Notifier, ReleaseUpdate, StepOutput
 from commands.health_window import HealthWindow, Verdict
 from commands.interfaces import Clock, Executor, NginxReader, Prober, ProbeResult, ReleaseLock, UpstreamStore, quoted
+from commands.journal import Journal
 from commands.probing import probe_nodes
 from commands.release_plan import ReleasePlan, node_healthy, step_problems
 from commands.release_state import NodeState, Phase, ReleaseState, Status
@@ -84,6 +85,7 @@ class ReleaseEngine:
         lock: ReleaseLock | None = None,
         approver: str | None = None,
         decision_timeout: float = DECISION_TIMEOUT,
+        journal: Journal | None = None,
     ) -> None:
         self.plan = plan
         self.app = app
@@ -95,6 +97,8 @@ class ReleaseEngine:
         self.notifier = notifier
         self.lock = lock
         self.decision_timeout = decision_timeout
+        self.journal = journal
+        self._journal_writes = asyncio.Lock()  # one write at a time: each is a check-and-set on the last
         self.state = ReleaseState.new(plan, clock.now(), approver)
         self._decision: asyncio.Future[str] | None = None
         self._decision_id: str | None = None
@@ -140,6 +144,7 @@ class ReleaseEngine:
         try:
             if self.lock is not None:
                 self._lost = asyncio.ensure_future(self.lock.wait_lost())
+            await self._record()  # the journal knows of the release before anything is done for it
             await self._update(
                 f"{self.plan.title} started by {self.plan.requester}"
                 + (f", approved by {state.approver}" if state.approver else "")
@@ -235,6 +240,7 @@ class ReleaseEngine:
         state.status = status
         state.message = message
         state.finished_at = self.clock.now()
+        await self._record(best_effort=True)  # how it ended stays in the journal as the app's last release
         await self._update(f"{self.plan.title}: {status.value}: {message}")
         return state
 
@@ -392,6 +398,7 @@ class ReleaseEngine:
             return True
         if not node.drained:
             await self._phase(node, Phase.DRAINING, "draining")
+            await self._record()  # written ahead: "draining" is in the journal before the drain
             result = await self._write_down(node, True, exclude=batch)
             if result.written is Written.ALREADY:
                 # Someone else drained it: theirs to put back. Never restore what this release did not drain.
@@ -447,7 +454,9 @@ class ReleaseEngine:
 
     async def _run_step(self, node: NodeState, step: str) -> bool:
         await self._phase(node, Phase.STEP, f"{step} ...", step)
-        node.stopped = True  # from the first step on, the node may not be serving its old version
+        if not node.stopped:
+            node.stopped = True  # from the first step on, the node may not be serving its old version
+            await self._record()  # written ahead: the journal knows it may be stopped before it is
         started = self.clock.now()
         try:
             result = await self._guarded(self.executor.run(step, self._target(node.address), self._output))
@@ -480,6 +489,7 @@ class ReleaseEngine:
 
     async def _restore(self, node: NodeState, released: bool, note: str = "") -> bool:
         await self._phase(node, Phase.RESTORING, f"restoring{note}")
+        await self._record()  # written ahead: "restoring" is in the journal before the restore
         result = await self._write_down(node, False)
         if not result.ok:
             return await self._fail(node, f"restore {result.detail}")
@@ -594,6 +604,7 @@ class ReleaseEngine:
         self._options = DECISION_OPTIONS[kind]
         self.state.status = Status.PAUSED
         self.state.message = reason
+        await self._record(best_effort=True)
         # Shown on its own: a front end that asks in place (the terminal's prompt) must not hold the
         # decision's timeout or the lock's watch.
         shown = asyncio.ensure_future(self._emit(DecisionNeeded(self.state, kind, self._decision_id, node, reason)))
@@ -609,6 +620,19 @@ class ReleaseEngine:
         self.state.status = Status.RUNNING
         await self._update(f"{kind} decision: {choice}")
         return choice
+
+    async def _record(self, best_effort: bool = False) -> None:
+        """Write the state to the journal (under the lock). Raises StoreError unless `best_effort`: then
+        the action that follows is not taken."""
+        if self.journal is None:
+            return
+        try:
+            async with self._journal_writes:
+                await self.journal.write(self.state, self.lock.held if self.lock is not None else None)
+        except StoreError as error:
+            if not best_effort:
+                raise StoreError(f"cannot write the release journal: {error.message}") from None
+            log.warning("release %s: journal not written: %s", self.plan.id, error.message)
 
     async def _update(self, line: str, thread: str | None = None) -> None:
         self.state.version += 1

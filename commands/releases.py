@@ -15,6 +15,7 @@ from collections.abc import Callable
 from commands.errors import UserError
 from commands.events import Notifier, ReleaseFinished, ReleaseStatusReport
 from commands.interfaces import Clock, Executor, LockBusy, LockInfo, LockManager, NginxReader, Prober, UpstreamStore
+from commands.journal import Journal
 from commands.probing import probe_nodes
 from commands.release_engine import ReleaseEngine
 from commands.release_plan import ReleasePlan, plan_release
@@ -52,6 +53,7 @@ class Releases:
         locks: LockManager,
         executors: ExecutorFactory,
         holder: str,
+        journal: Journal | None = None,
     ) -> None:
         self.apps = apps
         self.store = store
@@ -61,6 +63,7 @@ class Releases:
         self.locks = locks
         self.executors = executors
         self.holder = holder
+        self.journal = journal
         self.active: dict[str, ReleaseEngine] = {}
 
     async def plan(self, app: AppSettings, request: ReleaseRequest, requester: str) -> ReleasePlan:
@@ -113,6 +116,7 @@ class Releases:
                 notifier,
                 lock=lock,
                 approver=approver,
+                journal=self.journal,
             )
             self.active[plan.app] = engine
             try:
@@ -138,7 +142,11 @@ class Releases:
     async def status(self, app: str) -> ReleaseStatusReport:
         engine = self.active.get(app)
         lock = await self.locks.holder(app)
-        return ReleaseStatusReport(app, engine.state if engine else None, lock)
+        if engine is not None:
+            return ReleaseStatusReport(app, engine.state, lock)
+        # Run by another replica, or over: the journal says how it stands, node by node.
+        journal = await self.journal.read(app) if self.journal is not None else None
+        return ReleaseStatusReport(app, None, lock, journal)
 
     def engine(self, app: str) -> ReleaseEngine | None:
         return self.active.get(app)

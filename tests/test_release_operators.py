@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from bot.clock import SystemClock
+from bot.consul.journal import ConsulJournal
 from bot.consul.lock import ConsulLockManager
 from bot.consul.store import ConsulStore
 from bot.executors.local import LocalExecutor
@@ -29,7 +30,7 @@ from bot.health.prober import HttpProber
 from bot.nginx.status import HttpNginxReader
 from commands.access import AccessPolicy
 from commands.addresses import ServerAddress
-from commands.events import ChangeApplied, ConfirmationNeeded, Problem, ReleaseFinished
+from commands.events import ChangeApplied, ConfirmationNeeded, Problem, ReleaseFinished, ReleaseStatusReport
 from commands.grammar import parse_line
 from commands.history import MemoryHistory
 from commands.release_state import Phase, Status
@@ -95,7 +96,10 @@ async def rig(consul: Consul, services: list[int], tmp_path: Path) -> AsyncItera
     async with httpx.AsyncClient(trust_env=False) as client:
         apps = {"app": app}
         prober, nginx, clock = HttpProber(client), HttpNginxReader(apps, client), SystemClock()
-        releases = Releases(apps, store, prober, nginx, clock, ConsulLockManager(store), LocalExecutor, "test:1")
+        journal = ConsulJournal(store, "test:1")
+        releases = Releases(
+            apps, store, prober, nginx, clock, ConsulLockManager(store), LocalExecutor, "test:1", journal
+        )
         policy = AccessPolicy(apps, operators=("U1ALICE", "U3OPS"))
         service = CommandService(apps, store, prober, nginx, clock, releases, policy=policy, history=MemoryHistory())
         yield Rig(service, releases, nodes, gate, marker)
@@ -194,6 +198,16 @@ async def test_another_replica_refuses_an_undrain_while_a_release_runs_and_the_r
         rig.service.apps, store, rig.service.prober, rig.service.nginx, rig.service.clock, other,
         policy=policy, history=MemoryHistory(),
     )
+    # Its status, from the journal in Consul: node by node, as the running bot wrote it ahead.
+    asked = RecordingNotifier()
+    other.journal = ConsulJournal(store, "test:2")
+    await replica.handle(parse_line("/release status app"), "U9EVE", asked)
+    (report,) = asked.of(ReleaseStatusReport)
+    assert report.state is None and report.lock is not None and report.journal is not None
+    assert report.journal.running and report.journal.holder == "test:1"
+    node = next(n for n in report.journal.nodes if n.address == first)
+    assert node.drained and node.stopped  # written before the stop step ran
+
     notifier = RecordingNotifier()
     outcome = await replica.handle(parse_line(f"/undrain {first}"), "U3OPS", notifier)
     assert outcome is Outcome.REFUSED
@@ -202,3 +216,9 @@ async def test_another_replica_refuses_an_undrain_while_a_release_runs_and_the_r
     rig.gate.touch()
     await asyncio.wait_for(task, DEADLINE)
     assert release_events.of(ReleaseFinished)[0].state.status is Status.SUCCEEDED
+    # Over: any replica tells how the last release ended.
+    after = RecordingNotifier()
+    await replica.handle(parse_line("/release status app"), "U9EVE", after)
+    (last,) = after.of(ReleaseStatusReport)
+    assert last.lock is None and last.journal is not None and not last.journal.running
+    assert last.journal.status == "succeeded" and not last.journal.left_drained

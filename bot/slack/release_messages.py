@@ -12,6 +12,7 @@ from bot.slack.change_messages import reason_text
 from bot.slack.mrkdwn import code, escape, mention, own
 from bot.terminal.render import node_line, when
 from commands.events import DANGEROUS_OPTIONS, AbortRequested, DecisionNeeded, ReleaseStatusReport
+from commands.journal import JournalEntry
 from commands.release_plan import ReleasePlan
 from commands.release_state import Phase, ReleaseState, Status
 
@@ -183,6 +184,8 @@ def release_status_message(event: ReleaseStatusReport, now: float) -> Message:
     if event.state is not None:
         return progress_message(event.state, now, {})
     app = escape(event.app)
+    if event.journal is not None:
+        return journal_message(event.journal, event.lock is not None)
     if event.lock is not None:
         lock = event.lock
         # The lock's value is read from Consul: its holder and requester are shown, never obeyed.
@@ -193,6 +196,29 @@ def release_status_message(event: ReleaseStatusReport, now: float) -> Message:
         return text, [section(text)]
     text = f"No release of {app} is running."
     return text, [section(text)]
+
+
+def journal_message(journal: JournalEntry, locked: bool) -> Message:
+    """A release as its journal in Consul tells it (another replica runs it, or it is over). Everything
+    in it was read from Consul: shown escaped, never obeyed."""
+    title = escape(journal.title)
+    if journal.running:
+        state = "running" if locked else "*interrupted* (its bot is gone: the lock is free)"
+        head = (
+            f"{title}, {state}: started by {mention(journal.requester)} at {when(journal.started_at)} "
+            f"on {escape(journal.holder)}"
+        )
+    else:
+        head = f"Last release: {title}: *{escape(journal.status)}* at {when(journal.finished_at or 0)}"
+    rows = [
+        f"{code(n.address)} {escape(n.phase)}" + ", drained" * n.drained + ", stopped" * n.stopped
+        + ", state unknown" * n.state_unknown + (f": {escape(n.error)}" if n.error else "")
+        for n in journal.nodes[:40]
+    ]
+    more = f"\n… and {len(journal.nodes) - 40} more node(s)" if len(journal.nodes) > 40 else ""
+    body = "\n".join(rows)[:2800] + more
+    text = f"{head}\n{escape(journal.message)}" if journal.message else head
+    return text, [section(text[:2900]), section(body or "no nodes")]
 
 
 def finished_line(state: ReleaseState) -> str:

@@ -29,6 +29,7 @@ from commands.events import (
     WatchOffRequested,
 )
 from commands.history import HistoryEntry
+from commands.journal import JournalEntry
 from commands.release_state import NodeState, Phase, ReleaseState
 from commands.watch import Incident, WatchEvent
 
@@ -190,6 +191,21 @@ def history_line(entry: HistoryEntry) -> str:
     return " ".join(parts)
 
 
+def journal_lines(journal: JournalEntry, locked: bool) -> list[str]:
+    """A release as its journal in Consul tells it (run by another bot, or over)."""
+    if journal.running:
+        state = "running" if locked else "INTERRUPTED (its bot is gone: the lock is free)"
+        started = f"started by {journal.requester} at {when(journal.started_at)} on {journal.holder}"
+        head = f"{journal.title}, {state}: {started}"
+    else:
+        head = f"Last release: {journal.title}: {journal.status} at {when(journal.finished_at or 0)}"
+    lines = [head, f"  {journal.message}"] if journal.message else [head]
+    for node in journal.nodes:
+        flags = ", drained" * node.drained + ", stopped" * node.stopped + ", state unknown" * node.state_unknown
+        lines.append(f"  {node.address:<21} {node.phase}{flags}{f': {node.error}' if node.error else ''}")
+    return lines
+
+
 def event_lines(event: Event) -> list[str]:
     match event:
         case WatchEvent():
@@ -214,9 +230,11 @@ def event_lines(event: Event) -> list[str]:
             return decision_lines(event)
         case ReleaseFinished(state=state):
             return release_summary(state, time.time())
-        case ReleaseStatusReport(app=app, state=state, lock=lock):
+        case ReleaseStatusReport(app=app, state=state, lock=lock, journal=journal):
             if state is not None:
                 return release_summary(state, time.time())
+            if journal is not None:
+                return journal_lines(journal, lock is not None)
             if lock is not None:
                 return [
                     f"A release of {app} is running on {lock.holder}: started by {lock.requester} at "
