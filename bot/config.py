@@ -445,7 +445,7 @@ def environment_problems(config: Config, env: Mapping[str, str]) -> tuple[list[s
         if config.agent.ca_file and not os.access(config.agent.ca_file, os.R_OK):
             problems.append(f"agent.ca_file: {config.agent.ca_file} is not a readable file")
     for app in config.apps.values():
-        if app.operators is None and not config.access.operators:
+        if not (app.operators if app.operators is not None else config.access.operators):
             notes.append(
                 f"apps.{app.name}: no operators (set access.operators or apps.{app.name}.operators): "
                 "every change to it from Slack is refused"

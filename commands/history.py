@@ -48,6 +48,24 @@ class HistoryEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HistoryEntry:
+        """An entry read back from Consul (anyone with KV access could have written it): every field is
+        checked; ValueError when one is not what it should be."""
+        if not isinstance(data, dict):
+            raise ValueError("a history entry is a JSON object")
+        text = ("app", "what", "who", "where", "target", "at")
+        for name in text:
+            if name in data and not isinstance(data[name], str):
+                raise ValueError(f"history field {name} is not text")
+        for name in ("before", "after"):
+            if data.get(name) is not None and not isinstance(data[name], dict):
+                raise ValueError(f"history field {name} is not an object")
+        for name in ("reason", "outcome"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise ValueError(f"history field {name} is not text")
+        if not isinstance(data.get("force", False), bool):
+            raise ValueError("history field force is not true or false")
+        if not all(isinstance(data.get(n), str) for n in ("app", "what", "who", "where")):
+            raise ValueError("a history entry needs app, what, who and where")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 

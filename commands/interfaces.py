@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from commands.addresses import ServerAddress
+from commands.quoting import quoted  # noqa: F401 (re-exported: where probe details are quoted)
 from commands.servers import Upstream
 from commands.steps import OutputLine, StepResult, StepTarget
 
@@ -53,13 +54,6 @@ class ProbeResult:
     healthy: bool
     detail: str  # "200 OK", "timeout after 3s", "connection refused", ...
     seconds: float = 0.0
-
-
-def quoted(detail: str) -> str:
-    """A node's own words (an HTTP reason phrase) inside a sentence of ours: no `<`/`>` (look-alikes
-    instead), so the front ends can keep our own mentions in that sentence and still never let a node
-    ping or link; cut to a sane length."""
-    return detail.replace("<", "\u2039").replace(">", "\u203a")[:200]
 
 
 class Prober(Protocol):

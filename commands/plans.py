@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from commands.addresses import ServerAddress
+from commands.quoting import quoted
 from commands.servers import DEFAULTS, ServerEntry, Upstream
 
 CAS_ATTEMPTS = 3  # a rewrite with unchanged content is retried this often; a real change is reported
@@ -76,7 +77,8 @@ def describe_difference(before: dict[str, Any] | None, now: dict[str, Any] | Non
     for key in sorted(set(before) | set(now)):
         old, new = before.get(key, "unset"), now.get(key, "unset")
         if old != new:
-            parts.append(f"{key} {old} -> {new}")
+            # Values anyone with KV access wrote: quoted, never markup in the bot's answer.
+            parts.append(f"{quoted(key)} {quoted(old)} -> {quoted(new)}")
     return ", ".join(parts) or "rewritten with the same value"
 
 

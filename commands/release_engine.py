@@ -161,7 +161,7 @@ class ReleaseEngine:
             return await self._finish(Status.FAILED, f"Consul: {error.message}")
         except Exception as error:  # a bug must not leave the release "running" with nodes drained
             log.exception("release %s failed", self.plan.id)
-            return await self._finish(Status.FAILED, f"internal error ({type(error).__name__}: {error})")
+            return await self._finish(Status.FAILED, f"internal error ({type(error).__name__}: {quoted(error)})")
         finally:
             if self._lost is not None:
                 self._lost.cancel()
@@ -295,10 +295,10 @@ class ReleaseEngine:
                 try:
                     return address, await self.executor.check(self._target(address), self.plan.steps)
                 except Exception as error:  # an executor that cannot even check is a preflight problem
-                    return address, f"{type(error).__name__}: {error}"
+                    return address, f"{type(error).__name__}: {quoted(error)}"
 
         results = await asyncio.gather(*(check(a) for a in self.plan.nodes))
-        problems = [f"{a}: {why}" for a, why in results if why]
+        problems = [f"{a}: {quoted(why)}" for a, why in results if why]
         upstream = await self.store.read(self.app.upstream)
         for address in self.plan.nodes:
             entry = upstream.find(address)
@@ -376,7 +376,7 @@ class ReleaseEngine:
             return await self._fail(node, f"Consul: {error.message}")
         except Exception as error:
             log.exception("release %s: %s failed", self.plan.id, node.address)
-            return await self._fail(node, f"internal error ({type(error).__name__}: {error})")
+            return await self._fail(node, f"internal error ({type(error).__name__}: {quoted(error)})")
 
     def _target(self, address: ServerAddress) -> StepTarget:
         return StepTarget(self.app.name, address.host, address.port, self.plan.version)
@@ -587,7 +587,7 @@ class ReleaseEngine:
             return await self._fail(node, f"Consul: {error.message}")
         except Exception as error:
             log.exception("release %s: recovering %s failed", self.plan.id, node.address)
-            return await self._fail(node, f"internal error ({type(error).__name__}: {error})")
+            return await self._fail(node, f"internal error ({type(error).__name__}: {quoted(error)})")
 
     async def _restore_unprobed(self, nodes: list[ServerAddress]) -> None:
         """Confirmed twice by a person: back into traffic although its probe failed."""

@@ -281,6 +281,8 @@ class CommandService:
 
     async def approve_release(self, plan: ReleasePlan, approver: str, notifier: Notifier) -> Outcome:
         refusal = await self.policy.approval_refusal(approver, plan.app, plan.requester)
+        # The requester must still be allowed to release it when it starts (they may have left the group).
+        refusal = refusal or await self.policy.change_refusal(plan.requester, [plan.app], "release")
         if refusal:
             await notifier.emit(Problem(refusal))
             return Outcome.REFUSED
@@ -432,7 +434,7 @@ class CommandService:
                 drained_note=drains.get(str(entry.address)) if entry.drained else None,
             )
             servers.append(replace(status, disagreement=_disagreement(status)))
-        notes = list(view.errors)
+        notes = [quoted(e) for e in view.errors]  # nginx's answers (and errors) are outside words
         known = {str(s.address) for s in upstream.servers}
         for source in (view.checks or {}, view.listed_down or {}):
             for extra in sorted(set(source) - known):
@@ -467,12 +469,14 @@ class CommandService:
             return {}
         notes: dict[str, str] = {}
         for entry in entries:  # newest first: the first drain found for a node is the one in force
-            if entry.target in notes or entry.what not in ("drain", "release.start", "undrain"):
+            if entry.target in notes or entry.what not in ("drain", "undrain", "release.node"):
                 continue
             if entry.what == "drain" and entry.after is not None:
                 why = f": {entry.reason}" if entry.reason else ""
                 notes[entry.target] = f"drained by {mention(entry.who)} at {entry.at}{why}"
-            elif entry.what == "undrain":
+            elif entry.what == "release.node" and "drained" in (entry.outcome or "").split(";")[0]:
+                notes[entry.target] = f"left drained by a release of {mention(entry.who)} at {entry.at}"
+            elif entry.what == "undrain" and entry.after is not None:
                 notes[entry.target] = ""  # undrained since: an older drain is not the one in force
         return {k: v for k, v in notes.items() if v}
 

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from commands.errors import UserError
+from commands.quoting import quoted
 from commands.settings import AppSettings
 from commands.versions import version_problem
 
@@ -107,10 +108,11 @@ class StepResult:
     def summary(self) -> str:
         if self.ok:
             return f"{self.step} ok in {self.duration:.1f} s"
+        # The node's own words (its output, its executor's error) are quoted: they never carry markup.
         if self.error:
-            return f"{self.step} failed: {self.error}"
+            return f"{self.step} failed: {quoted(self.error)}"
         tail = " | ".join(self.stderr_tail[-3:]) or " | ".join(self.stdout_tail[-3:]) or "no output"
-        return f"{self.step} failed: exit status {self.exit_status} after {self.duration:.1f} s: {tail}"
+        return f"{self.step} failed: exit status {self.exit_status} after {self.duration:.1f} s: {quoted(tail)}"
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 MAX_LENGTH = 128
+SAFE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+~:=@,")
 DEFAULT_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 
@@ -24,8 +25,11 @@ def version_problem(version: str, pattern: str | None = None) -> str | None:
         return f"`{shown}` names a folder (`.`/`..`), not a version"
     if any(c in "/\\" or c.isspace() or not c.isprintable() for c in version):
         return f"`{shown}` contains a slash, a space or a control character"
-    if any(c in "<>&|`" for c in version):  # Slack markup: a version must never ping or link in a message
-        return f"`{shown}` contains one of < > & | `"
+    if any(c not in SAFE_CHARACTERS for c in version):
+        # Shell and Slack markup alike: quoting protects `{version}`, but not a step whose template puts
+        # it inside quotes of its own ("deploy.sh \"{version}\""), so `$( ) ; ' "` never get that far.
+        bad = "".join(sorted({c for c in version if c not in SAFE_CHARACTERS}))[:10]
+        return f"`{shown}` contains {bad!r}: a version is letters, digits and . _ - + ~ : = @ , only"
     if len(version) > MAX_LENGTH:
         return f"a version is at most {MAX_LENGTH} characters"
     if pattern is not None and not re.fullmatch(pattern, version):

@@ -249,3 +249,28 @@ async def test_the_history_keeps_at_most_keep_entries_per_app(
     assert len(keys) == 10
     kept = [json.loads(consul.value(k) or "{}")["reason"] for k in keys]
     assert kept == [f"r{i}" for i in range(2, 12)]  # the two oldest were pruned
+
+
+async def test_an_approval_needs_the_requester_to_still_be_an_operator(consul: Consul, build: Build) -> None:
+    from commands.release_plan import ReleasePlan
+
+    groups = Groups({"S0OPS": {"U3OPS"}})
+    service, _ = build(settings(), groups=groups)
+    service.apps["app"] = AppSettings(
+        "app", "app", approvers=("U2BOB",), approval="required", operators=("S0OPS",)
+    )
+    plan = ReleasePlan("app", "U3OPS", "2", "serial", (), ("stop",), approval_required=True)
+    groups.groups["S0OPS"] = set()  # the requester left the operators after asking
+    notifier = RecordingNotifier()
+    assert await service.approve_release(plan, "U2BOB", notifier) is Outcome.REFUSED
+    assert "only operators of app" in notifier.of(Problem)[0].text
+
+
+def test_a_history_entry_that_is_not_what_it_claims_is_refused() -> None:
+    from commands.history import HistoryEntry
+
+    good = {"app": "app", "what": "drain", "who": "U1", "where": "C1", "target": "10.0.0.1:9000"}
+    assert HistoryEntry.from_json(good).target == "10.0.0.1:9000"
+    for bad in ({**good, "target": ["x"]}, {**good, "who": 7}, {**good, "before": "x"}, {**good, "force": "yes"}):
+        with pytest.raises(ValueError):
+            HistoryEntry.from_json(bad)

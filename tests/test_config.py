@@ -72,3 +72,16 @@ def test_every_problem_is_reported_with_its_path() -> None:
     assert "apps.app.health.interval: '10x' is not a duration" in problems
     assert "apps.app.approvers[0]: 'bob' is not a Slack user ID" in problems
     assert "apps.app.release.executor: expected one of ssh, agent, local" in problems
+
+
+def test_check_config_notes_an_app_nobody_may_change() -> None:
+    from bot.config import environment_problems, parse_config
+
+    for raw in (
+        {"apps": {"app": {}}},
+        {"apps": {"app": {"operators": []}}, "access": {"operators": ["S0OPS"]}},
+    ):
+        _, notes = environment_problems(parse_config(raw, {}), {})
+        assert any("apps.app: no operators" in n for n in notes), raw
+    _, notes = environment_problems(parse_config({"apps": {"app": {}}, "access": {"operators": ["S0OPS"]}}, {}), {})
+    assert not any("no operators" in n for n in notes)

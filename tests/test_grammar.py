@@ -78,5 +78,6 @@ def test_an_apps_version_pattern_replaces_the_default_but_never_admits_options_o
 def test_a_reason_and_a_version_cannot_carry_slack_markup() -> None:
     reason = parse_line('/drain 10.0.0.5:9000 --reason "<!channel> approve at <https://evil.example|SSO>"').reason
     assert reason is not None and "<" not in reason and ">" not in reason and "!channel" in reason
-    with pytest.raises(UsageError, match="contains one of"):
-        parse_line("/release app --version=<!channel>")
+    for version in ("<!channel>", "$(id)", "1;id", "a|b", "1'x"):
+        with pytest.raises(UsageError, match="letters, digits and"):
+            parse_line(f"/release app --version={version}")

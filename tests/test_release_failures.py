@@ -367,3 +367,21 @@ async def test_a_front_end_that_asks_in_place_does_not_hold_the_decision_timeout
     r.engine.decision_timeout = 0.2
     state = await asyncio.wait_for(r.engine.run(), 5)
     assert asked == ["failure"] and state.status is Status.FAILED and r.store.down(B)
+
+
+async def test_a_nodes_own_words_in_a_failure_never_carry_markup() -> None:
+    from commands.steps import StepResult
+
+    r = await rig()
+    real_run = r.executor.run
+
+    async def loud(step, target, on_output=None):  # type: ignore[no-untyped-def]
+        if (target.node, step) == (B, "deploy"):
+            stderr = ("ping <!subteam^S0OPS> and <@U2BOB> at <https://evil.example|login>",)
+            return StepResult(step, target.node, 1, 0.1, (), stderr)
+        return await real_run(step, target, on_output)
+
+    r.executor.run = loud  # type: ignore[method-assign]
+    state = await r.engine.run()
+    said = " ".join([*r.notifier.lines(), state.message, *(d.reason for d in r.notifier.decisions())])
+    assert "ping" in said and "<!subteam" not in said and "<@U2BOB>" not in said and "<https://" not in said

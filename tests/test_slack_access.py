@@ -294,3 +294,14 @@ async def test_user_groups_are_read_at_every_question_and_a_stale_answer_only_wh
     now[0] += 61  # ... and not any longer
     assert not await directory.is_member("U3OPS", ("S0OPS",))
     assert [c.fault for c in standin.calls("usergroups.users.list") if c.fault] == ["status 503", "status 503"]
+
+
+@pytest.mark.parametrize("channel", ["C0RANDOM", "D0ALICEDM"], ids=["other-channel", "dm"])
+def test_a_press_from_elsewhere_is_refused_and_the_button_still_works(seeded: Bot, channel: str) -> None:
+    seeded.command("/drain", "127.0.0.1:9001")
+    asked = seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text, method="chat.postEphemeral")
+    seeded.press("confirm", confirm_key(asked), channel=channel)  # the same operator, pressing from elsewhere
+    seeded.said(lambda c: "takes commands in" in c.text and c.args.get("channel") == channel)
+    assert json.loads(seeded.consul.value("upstreams/app/127.0.0.1:9001") or "{}")["down"] == 0
+    seeded.press("confirm", confirm_key(asked))  # from the channel it was asked in: it works
+    seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text and "by <@U1ALICE>" in c.text, method="chat.postMessage")

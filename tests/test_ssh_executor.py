@@ -146,22 +146,34 @@ async def test_an_injection_attempt_in_the_version_is_refused_before_anything_ru
 
 
 async def test_values_are_shell_quoted(sshd: PrivateSshd) -> None:
-    # A version pattern that allows shell characters still cannot break out: the value is one word.
-    app = AppSettings(
-        "app",
-        "app",
-        release=ReleaseSettings(
-            steps={"deploy": StepSpec("printf '%s|' {version}", 30)}, version_pattern=r"^[ -~]{1,64}$"
-        ),
-    )
+    # The characters a version may carry (. _ - + ~ : = @ ,) reach the node as one word, as typed.
+    steps = {"deploy": StepSpec("printf '%s|' {version}", 30)}
+    app = AppSettings("app", "app", release=ReleaseSettings(steps=steps, version_pattern=r"^\S+$"))
     ex = SshExecutor(
         app, SshSettings(user=user(), port=sshd.port, key=str(sshd.client_key), known_hosts=str(sshd.known_hosts))
     )
     try:
-        result = await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, "a;$(id)$HOME'\"*"))
+        result = await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, "1:2.0~rc1+b.7=x@y,z"))
     finally:
         await ex.close()
-    assert result.stdout_tail == ("a;$(id)$HOME'\"*|",)
+    assert result.stdout_tail == ("1:2.0~rc1+b.7=x@y,z|",)
+
+
+async def test_a_permissive_version_pattern_still_cannot_let_shell_syntax_through(sshd: PrivateSshd) -> None:
+    # A template that quotes the placeholder itself would undo shlex.quote: such values never get there.
+    steps = {"deploy": StepSpec('echo deploying "{version}"', 30)}
+    app = AppSettings("app", "app", release=ReleaseSettings(steps=steps, version_pattern=r"^\S+$"))
+    ex = SshExecutor(
+        app, SshSettings(user=user(), port=sshd.port, key=str(sshd.client_key), known_hosts=str(sshd.known_hosts))
+    )
+    before = sshd.accepted()
+    try:
+        for version in ("$(id)", "1;id", "`id`", "1'x", '1"x', "a|b"):
+            with pytest.raises(StepRefused, match="version refused"):
+                await ex.run("deploy", StepTarget("app", "127.0.0.1", 9001, version))
+    finally:
+        await ex.close()
+    assert sshd.accepted() == before  # refused before connecting
 
 
 async def test_one_connection_serves_every_step_of_a_release(sshd: PrivateSshd) -> None:

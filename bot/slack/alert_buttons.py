@@ -26,6 +26,8 @@ class AlertButtons:
 
     async def _drain(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
         value = json.loads(body["actions"][0]["value"])
         try:
             # Parsed like typed text: the payload is the presser's, the grammar validates it.
@@ -45,6 +47,8 @@ class AlertButtons:
 
     async def _mark(self, body: dict[str, Any], what: str) -> None:
         user, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
         value = json.loads(body["actions"][0]["value"])
         until = time.time() + SILENCE
         try:

@@ -53,6 +53,8 @@ class Approvals:
 
     async def _approve(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
         key = str(body["actions"][0].get("value", ""))
         try:
             pending, plan = await self._pending(key)
@@ -79,6 +81,8 @@ class Approvals:
 
     async def _ask_reason(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
         key = str(body["actions"][0].get("value", ""))
         try:
             pending, plan = await self._pending(key)

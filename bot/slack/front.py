@@ -58,6 +58,16 @@ class SlackFrontEnd:
         channel = (body.get("channel") or {}).get("id") or body.get("container", {}).get("channel_id", "")
         return user, self.notifier(channel, user, body.get("response_url"))
 
+    async def outside(self, body: dict[str, Any], notifier: SlackNotifier) -> bool:
+        """A press from a channel commands are not taken in (a DM, a channel not in `slack.channels`): the
+        presser is told, and True means the handler does nothing else."""
+        channel = (body.get("channel") or {}).get("id") or body.get("container", {}).get("channel_id", "")
+        refusal = self.service.policy.channel_refusal(channel)
+        if refusal:
+            await notifier.emit(Problem(refusal))
+            return True
+        return False
+
     def channel_notifier(self) -> SlackNotifier:
         """For events nobody asked for (the health watch): they go to the team's channel."""
         return self.notifier(self.channel or "", "")

@@ -33,6 +33,8 @@ class Presses:
 
     async def _press(self, body: dict[str, Any], confirmed: bool) -> None:
         user, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
         key = str(body["actions"][0].get("value", ""))
         try:
             pending = await self.front.pending.check(key)

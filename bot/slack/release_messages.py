@@ -172,7 +172,8 @@ def abort_message(event: AbortRequested) -> Message:
         "Abort",
         "Go on",
     )
-    value = json.dumps({"app": event.app, "release_id": event.release_id, "reason": event.reason})
+    # Not ASCII-escaped: a reason of REASON_CHARS emoji must still fit a button's 2000-character value.
+    value = json.dumps({"app": event.app, "release_id": event.release_id, "reason": event.reason}, ensure_ascii=False)
     app = escape(event.app)
     return f"Abort the release of {app}?", [
         section(f"Abort the running release of *{app}*?"),

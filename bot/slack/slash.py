@@ -68,6 +68,8 @@ class SlashCommands:
     async def _status_page(self, body: dict[str, Any]) -> None:
         """Another page of a status report (reading: open to everyone), in place of the one shown."""
         _, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
         value = json.loads(body["actions"][0]["value"])
         try:
             report = await self.front.service.status(StatusRequest(str(value["app"]), int(value["page"])))

@@ -22,6 +22,8 @@ class Steering:
 
     async def _decision(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
         value = json.loads(body["actions"][0]["value"])
         app, decision = str(value["app"]), str(value["decision"])
         work = self.front.service.decide(app, str(value["decision_id"]), decision, user, notifier)
@@ -40,6 +42,8 @@ class Steering:
 
     async def _abort(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
         value = json.loads(body["actions"][0]["value"])
         app = str(value["app"])
         reason = value.get("reason")  # the --reason of `/release abort`, carried by the button

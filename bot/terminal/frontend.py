@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import os
+import pwd
 import signal
 import sys
 import threading
@@ -96,10 +96,11 @@ class StdinAsk:
 
 
 def terminal_user() -> str:
+    """The OS account running the bot (from its uid, not $USER: the audit names who really acted)."""
     try:
-        return f"local:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "local:unknown"
+        return f"local:{pwd.getpwuid(os.getuid()).pw_name}"
+    except KeyError:
+        return f"local:uid{os.getuid()}"
 
 
 class TerminalFrontEnd:
