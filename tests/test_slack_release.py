@@ -105,13 +105,19 @@ def test_a_release_from_slack_posts_one_progress_message_and_edits_it(seeded: Bo
     seeded.said(lambda c: c.args.get("thread_ts") == posts[0].answer["ts"] and "succeeded" in c.text)
 
 
+def none_running(text: str, app: str) -> bool:
+    """A /release status answer saying no release of `app` runs (none ever, or how the last one ended)."""
+    return f"No release of {app} is running" in text or f"Last release: Release {app} " in text
+
+
 def test_a_dry_run_changes_nothing(seeded: Bot, services: list[int]) -> None:
     seeded.command("/release", "web --dry-run --version 2")
     seeded.said(lambda c: "Dry run, nothing changed" in c.text and "estimated minimum" in c.text)
     # The positive signal after the point where a (wrongly) started release would be running: a later
     # /release status is answered, and says none runs. Then no progress may have been posted.
     seeded.command("/release", "status web")
-    seeded.said(lambda c: "No release of web is running" in c.text, method="chat.postEphemeral")
+    reply = seeded.said(lambda c: none_running(c.text, "web"), method="chat.postEphemeral")
+    assert "Release web 2 (serial), running" not in reply.text
     assert seeded.slack.calls("chat.postMessage") == []
     assert all(down(seeded, "web", p) == 0 for p in services[:2])
 
@@ -163,7 +169,8 @@ def test_a_rejection_ends_it_with_its_reason_recorded(seeded: Bot) -> None:
     # A later /release status being answered "none running" is the positive signal after which a
     # wrongly started release would have shown (lock, progress).
     seeded.command("/release", "status gated")
-    seeded.said(lambda c: "No release of gated is running" in c.text, method="chat.postEphemeral")
+    reply = seeded.said(lambda c: none_running(c.text, "gated"), method="chat.postEphemeral")
+    assert "Release gated 3" not in reply.text  # the rejected one never started: not even its journal
     assert not [
         c for c in seeded.slack.calls("chat.postMessage") if "Release gated 3" in c.text and "started" in c.text
     ]
@@ -212,7 +219,7 @@ def test_one_release_per_app_and_abort(seeded: Bot, services: list[int]) -> None
     seeded.said(lambda c: "aborted" in c.text, method="chat.update", timeout=60)
     wait_until(lambda: all(down(seeded, "slow", p) == 0 for p in services[:2]), what="every node serving again")
     seeded.command("/release", "status slow")
-    seeded.said(lambda c: "No release of slow is running" in c.text, method="chat.postEphemeral")
+    seeded.said(lambda c: "Last release: Release slow 2" in c.text and "aborted" in c.text, method="chat.postEphemeral")
 
 
 def test_progress_never_shows_more_than_one_node_drained_in_a_serial_release(seeded: Bot) -> None:
