@@ -1,8 +1,10 @@
 """The release journal: what a release is doing, kept in Consul (`upstream-bot/releases/<app>`) so that
 any replica, and `upstream-bot run`, can say how it stands, and a bot that comes back can see what its
-predecessor left. Written ahead: the engine records a node as draining before it drains it and as
-restoring before it restores it, under its lock (the store checks the lock's session in the same
-transaction). The last release stays there when it ends, with how it ended.
+predecessor left. Written ahead, under the lock (the store checks the lock's session in the same
+transaction): when the release starts, before each node is drained (which also records the nodes done
+before it), at every question, and how it ended (which stays there as the app's last release). A node
+the journal shows between "draining" and done may be drained and stopped, or already restored: what
+comes after a crash reads Consul for which, and treats the node as one to run again from its stop.
 """
 
 from __future__ import annotations

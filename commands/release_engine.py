@@ -454,9 +454,7 @@ class ReleaseEngine:
 
     async def _run_step(self, node: NodeState, step: str) -> bool:
         await self._phase(node, Phase.STEP, f"{step} ...", step)
-        if not node.stopped:
-            node.stopped = True  # from the first step on, the node may not be serving its old version
-            await self._record()  # written ahead: the journal knows it may be stopped before it is
+        node.stopped = True  # from the first step on, the node may not be serving its old version
         started = self.clock.now()
         try:
             result = await self._guarded(self.executor.run(step, self._target(node.address), self._output))
@@ -489,7 +487,6 @@ class ReleaseEngine:
 
     async def _restore(self, node: NodeState, released: bool, note: str = "") -> bool:
         await self._phase(node, Phase.RESTORING, f"restoring{note}")
-        await self._record()  # written ahead: "restoring" is in the journal before the restore
         result = await self._write_down(node, False)
         if not result.ok:
             return await self._fail(node, f"restore {result.detail}")
