@@ -316,9 +316,8 @@ class ReleaseEngine:
         self._healthy_others = []
         if self.plan.needs_second_confirmation:
             return
-        upstream = await self.store.read(self.app.upstream)
+        upstream, view = await asyncio.gather(self.store.read(self.app.upstream), self.nginx.read(self.app.upstream))
         others = [s.address for s in upstream.servers if not s.drained and s.address not in batch]
-        view = await self.nginx.read(self.app.upstream)
         if self._prefetch is not None:
             with contextlib.suppress(Exception):
                 await self._prefetch
