@@ -97,23 +97,38 @@ def running_bot(
         seed(consul)
     slack = SlackStandIn(usergroups={"S0OPS": ["U3OPS"]})
     slack_server = ServerThread(slack.app()).start()
+    try:
+        with serve_process(folder, config_text, consul.url, slack_server.url, env) as url:
+            yield Bot(url, consul, slack, slack_server.url)
+    finally:
+        slack.clear_faults()  # ends any request hanging in the stand-in, so its server stops at once
+        slack_server.stop()
+        consul.stop()
+
+
+@contextmanager
+def serve_process(
+    folder: Path, config_text: str, consul_url: str, slack_url: str, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`upstream-bot serve --http` as a process on a free port, with the stand-ins' addresses; its URL.
+    Its log (less the scheduler's lines) is printed at the end: pytest shows it when a test failed."""
     config = folder / "upstream-bot.yml"
     config.write_text(config_text)
     port = free_port()
-    env = {
+    environment = {
         **os.environ,
         "UPSTREAM_BOT_CONFIG": str(config),
-        "CONSUL_HTTP_ADDR": consul.url,
+        "CONSUL_HTTP_ADDR": consul_url,
         "SLACK_BOT_TOKEN": "xoxb-test",
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": f"{slack_server.url}/api/",
+        "SLACK_API_URL": f"{slack_url}/api/",
         **(env or {}),
     }
     log_path = folder / "bot.log"
     log = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "--log-level", "INFO", "serve", "--http", "--port", str(port)],
-        env=env,
+        env=environment,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -125,16 +140,12 @@ def running_bot(
         )
         if process.poll() is not None:
             raise AssertionError(log_path.read_text())
-        yield Bot(f"http://127.0.0.1:{port}", consul, slack, slack_server.url)
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop([process])  # type: ignore[list-item]
         log.close()
-        # Shown by pytest when a test failed; the health watch's scheduler lines are only noise there.
         lines = [line for line in log_path.read_text().splitlines() if "apscheduler" not in line]
         print("\n".join(lines)[-8000:])
-        slack.clear_faults()  # ends any request hanging in the stand-in, so its server stops at once
-        slack_server.stop()
-        consul.stop()
 
 
 def confirm_key(call: Call, action_id: str = "confirm") -> str:
@@ -213,37 +224,5 @@ class FakeNode:
 def replica(first: Bot, folder: Path, config_text: str, env: dict[str, str] | None = None) -> Iterator[Bot]:
     """A second `upstream-bot serve --http` process beside `first` (started by `running_bot`), on the same
     Consul and Slack stand-ins: another replica, as several are run behind one Slack app."""
-    config = folder / "upstream-bot.yml"
-    config.write_text(config_text)
-    port = free_port()
-    env = {
-        **os.environ,
-        "UPSTREAM_BOT_CONFIG": str(config),
-        "CONSUL_HTTP_ADDR": first.consul.url,
-        "SLACK_BOT_TOKEN": "xoxb-test",
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "SLACK_API_URL": f"{first.slack_url}/api/",
-        **(env or {}),
-    }
-    log_path = folder / "bot.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "--log-level", "INFO", "serve", "--http", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until(
-            lambda: process.poll() is not None or answers(f"http://127.0.0.1:{port}/healthz"),
-            timeout=20,
-            what="the second replica answering /healthz",
-        )
-        if process.poll() is not None:
-            raise AssertionError(log_path.read_text())
-        yield Bot(f"http://127.0.0.1:{port}", first.consul, first.slack, first.slack_url)
-    finally:
-        stop([process])  # type: ignore[list-item]
-        log.close()
-        lines = [line for line in log_path.read_text().splitlines() if "apscheduler" not in line]
-        print("\n".join(lines)[-8000:])
+    with serve_process(folder, config_text, first.consul.url, first.slack_url, env) as url:
+        yield Bot(url, first.consul, first.slack, first.slack_url)
