@@ -67,6 +67,8 @@ from commands.settings import AppSettings
 from commands.watch import Incident, WatchControl
 from commands.writes import Written, delete_entry, write_entry
 
+WATCH = "turn the watch of"  # what the policy's refusal says a person may not do to the watch
+
 
 class Outcome(enum.Enum):
     DONE = "done"  # finished (also "nothing to do")
@@ -119,9 +121,7 @@ class CommandService:
 
     async def confirm(self, plan: ChangePlan, stage: int, actor: str, notifier: Notifier) -> Outcome:
         """Someone pressed Confirm on `plan` at `stage`: the policy is asked again, at press time."""
-        refusal = await self.policy.change_refusal(actor, [c.app for c in plan.changes], plan.action)
-        if refusal:
-            await notifier.emit(Problem(refusal))
+        if await self._refused(notifier, await self.press_refusal(plan, actor)):
             return Outcome.REFUSED
         if plan.needs_second_confirmation and stage < 2:
             await notifier.emit(ConfirmationNeeded(plan, stage=2))
@@ -162,7 +162,7 @@ class CommandService:
                 return await self._release_request(request, requester, notifier)
             case WatchRequest(app=name, on=on):
                 app = self.app(name)
-                await self._may_change(requester, [app.name], "turn the watch of")
+                await self._may_change(requester, [app.name], WATCH)
                 if self.watches is None:
                     raise UserError("The health watch does not run in this process; nothing was changed.")
                 if not on:
@@ -182,9 +182,8 @@ class CommandService:
 
     async def set_watch(self, app: str, on: bool, who: str, reason: str | None, notifier: Notifier) -> Outcome:
         """Turn the watch of `app` on or off (off was confirmed); announced in the channel, naming who."""
-        refusal = await self.policy.change_refusal(who, [app], "turn the watch of")
-        if refusal or self.watches is None:
-            await notifier.emit(Problem(refusal or "The health watch does not run in this process; nothing changed."))
+        refusal = await self.policy.change_refusal(who, [app], WATCH)
+        if await self._refused(notifier, refusal or self._no_watch()):
             return Outcome.REFUSED
         text = self.watches.set_enabled(app, on)
         await self.record(notifier, app, f"watch.{'on' if on else 'off'}", who, reason=reason, outcome=text)
@@ -192,6 +191,15 @@ class CommandService:
         state = "on" if on else "OFF"
         await notifier.emit(Announcement(f"Health watch of {app} turned {state} by {mention(who)}{why}."))
         return Outcome.DONE
+
+    def _no_watch(self) -> str | None:
+        return "The health watch does not run in this process; nothing changed." if self.watches is None else None
+
+    async def _refused(self, notifier: Notifier, refusal: str | None) -> bool:
+        """A press or an answer the policy refused: told, and True (nothing else is done)."""
+        if refusal:
+            await notifier.emit(Problem(refusal))
+        return bool(refusal)
 
     async def _may_change(self, who: str, apps: list[str], what: str) -> None:
         refusal = await self.policy.change_refusal(who, apps, what)
@@ -255,9 +263,7 @@ class CommandService:
 
     async def start_release(self, plan: ReleasePlan, stage: int, actor: str, notifier: Notifier) -> Outcome:
         """Start was pressed on the plan (stage 2: the explicit --force confirmation)."""
-        refusal = await self.policy.change_refusal(actor, [plan.app], "release")
-        if refusal:
-            await notifier.emit(Problem(refusal))
+        if await self._refused(notifier, await self.press_refusal(plan, actor)):
             return Outcome.REFUSED
         if plan.needs_second_confirmation and stage < 2:
             await notifier.emit(ReleasePlanned(plan, stage=2))
@@ -274,26 +280,24 @@ class CommandService:
             return await self.policy.change_refusal(who, [c.app for c in subject.changes], subject.action)
         if isinstance(subject, ReleasePlan):
             return await self.policy.change_refusal(who, [subject.app], "release")
-        return await self.policy.change_refusal(who, [subject.app], "turn the watch of")
+        return await self.policy.change_refusal(who, [subject.app], WATCH)
 
     async def approval_refusal(self, plan: ReleasePlan, approver: str) -> str | None:
-        return await self.policy.approval_refusal(approver, plan.app, plan.requester)
+        """Why `approver` may not approve `plan` now: an approver, never the requester, and the requester
+        must still be allowed to release it (they may have left the operators since asking). The same
+        question before the claim (front ends) and when the approval acts (approve_release)."""
+        refusal = await self.policy.approval_refusal(approver, plan.app, plan.requester)
+        return refusal or await self.policy.change_refusal(plan.requester, [plan.app], "release")
 
     async def approve_release(self, plan: ReleasePlan, approver: str, notifier: Notifier) -> Outcome:
-        refusal = await self.policy.approval_refusal(approver, plan.app, plan.requester)
-        # The requester must still be allowed to release it when it starts (they may have left the group).
-        refusal = refusal or await self.policy.change_refusal(plan.requester, [plan.app], "release")
-        if refusal:
-            await notifier.emit(Problem(refusal))
+        if await self._refused(notifier, await self.approval_refusal(plan, approver)):
             return Outcome.REFUSED
         await self.record(notifier, plan.app, "approve", approver, plan.id, reason=plan.reason, outcome=plan.title)
         return await self._run_release(plan, approver, notifier)
 
     async def reject_release(self, plan: ReleasePlan, who: str, reason: str | None, notifier: Notifier) -> Outcome:
         """Recorded with the reason; the release never starts."""
-        refusal = await self.policy.rejection_refusal(who, plan.app, plan.requester)
-        if refusal:
-            await notifier.emit(Problem(refusal))
+        if await self._refused(notifier, await self.policy.rejection_refusal(who, plan.app, plan.requester)):
             return Outcome.REFUSED
         await self.record(notifier, plan.app, "reject", who, plan.id, reason=reason, outcome=plan.title)
         return Outcome.DONE
@@ -329,9 +333,7 @@ class CommandService:
     async def abort_release(
         self, app: str, release_id: str, by: str, notifier: Notifier, reason: str | None = None
     ) -> Outcome:
-        refusal = await self.policy.change_refusal(by, [app], "abort a release of")
-        if refusal:
-            await notifier.emit(Problem(refusal))
+        if await self._refused(notifier, await self.policy.change_refusal(by, [app], "abort a release of")):
             return Outcome.REFUSED
         engine = self._releases().engine(app)
         if engine is None or engine.plan.id != release_id:
@@ -350,9 +352,7 @@ class CommandService:
         return Outcome.DONE
 
     async def decide(self, app: str, decision_id: str, decision: str, by: str, notifier: Notifier) -> Outcome:
-        refusal = await self.policy.change_refusal(by, [app], "steer a release of")
-        if refusal:
-            await notifier.emit(Problem(refusal))
+        if await self._refused(notifier, await self.policy.change_refusal(by, [app], "steer a release of")):
             return Outcome.REFUSED
         engine = self._releases().engine(app)
         problem = "That release is no longer running." if engine is None else engine.decide(decision_id, decision, by)
