@@ -34,7 +34,7 @@ from commands.release_plan import ReleasePlan, node_healthy, step_problems
 from commands.release_state import NodeState, Phase, ReleaseState, Status
 from commands.settings import AppSettings
 from commands.steps import OutputLine, StepRefused, StepTarget
-from commands.writes import WriteResult, Written, set_down, set_down_decision, write_entry
+from commands.writes import WriteResult, Written, set_down
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -439,11 +439,9 @@ class ReleaseEngine:
         self._check_lock()
         prefer = [a for a in self._healthy_others if a not in exclude]
         held = self.lock.held if self.lock is not None else None  # the write lands only while we hold the lock
-        if self.plan.needs_second_confirmation and down:  # --force, confirmed twice: no serving witness needed
-            decide = set_down_decision(node.address, True)
-            result = await write_entry(self.store, self.app.upstream, node.address, decide, False, held=held)
-        else:
-            result = await set_down(self.store, self.app.upstream, node.address, down, prefer, exclude, held)
+        # --force, confirmed twice: no serving witness needed.
+        keep = not self.plan.needs_second_confirmation
+        result = await set_down(self.store, self.app.upstream, node.address, down, prefer, exclude, held, keep)
         if result.written is Written.UNKNOWN:
             node.state_unknown = True  # it may have landed: counted as drained, and said to be unknown
             node.drained = True

@@ -216,7 +216,9 @@ async def set_down(
     prefer: Sequence[ServerAddress] = (),
     exclude: Sequence[ServerAddress] = (),
     held: HeldLock | None = None,
+    keep_serving: bool = True,
 ) -> WriteResult:
-    """The release engine's drain (guarded: another server keeps serving) and restore."""
+    """The release engine's drain (guarded: another server keeps serving, unless `keep_serving` is False
+    for a --force release confirmed twice) and restore."""
     decide = set_down_decision(address, down)
-    return await write_entry(store, upstream, address, decide, True, prefer, exclude, held)
+    return await write_entry(store, upstream, address, decide, keep_serving, prefer, exclude, held)
