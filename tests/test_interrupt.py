@@ -265,3 +265,32 @@ def test_demo_ctrl_c_at_the_prompt_exits_as_before_even_after_a_command(tmp_path
     assert time.monotonic() - sent < 10
     assert "Traceback" not in cli.output
     wait_until(lambda: all(port_free(base + i) for i in range(3)), 15, "the demo's services stopped")
+
+
+def test_a_bot_killed_mid_release_leaves_no_worse_and_any_process_sees_it_interrupted(nodes: Nodes) -> None:
+    """SIGKILL (no abort possible): the node in hand stays drained, every other node keeps serving, the
+    journal in Consul knows which node was in hand, and once the dead bot's lock expires another process's
+    `/release status` says the release was interrupted."""
+    deploy = marker_sleep(30)
+    config = nodes.config(deploy)
+    cli = run_release(nodes, config)
+    wait_until(lambda: processes_matching(deploy), 30, "the deploy step running")
+    node = the_drained_node(nodes)
+    cli.process.kill()
+    cli.wait(10)
+    down = drained(nodes.consul.url)
+    assert down[node] == 1 and sum(down.values()) == 1  # not worse: only the node in hand is out of traffic
+    env = {"UPSTREAM_BOT_CONFIG": str(config), "CONSUL_HTTP_ADDR": nodes.consul.url}
+
+    def interrupted() -> str | None:
+        run = Cli(["run", "/release status app"], nodes.folder, env)
+        run.wait(30)
+        return run.output if "INTERRUPTED" in run.output else None
+
+    # The session's TTL is 15 s (Consul may take up to 2 x TTL): poll for the lock to go.
+    try:
+        seen = wait_until(interrupted, 45, "the release shown as interrupted")
+        assert f"{node}" in seen and "draining" in seen.split(node, 1)[1].splitlines()[0]
+        assert drained(nodes.consul.url)[node] == 1  # nothing put it back behind anyone's back
+    finally:
+        subprocess.run(["pkill", "-f", deploy], check=False)  # the dead bot's step, orphaned on the node
