@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(serve(config, http=args.http, host=args.host, port=args.port))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (serve cancels itself)
         return EXIT_OK
 
 

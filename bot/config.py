@@ -46,6 +46,7 @@ class ConsulConfig:
     prefix: str = "upstreams"
     token: str | None = None
     timeout: float = 5.0
+    session_ttl: float = 15.0  # release and watch locks: how soon another replica can take over
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,18 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return convert
 
 
+# Names the bot's own keys use beside the apps' (upstream-bot/locks/<app> and the watch's election lock).
+RESERVED_APP_NAMES = ("watch",)
+
+
 def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     path = f"apps.{name}"
     if not _NAME.match(str(name)):
         reader.problem(path, "an app name is letters, digits, '.', '_' or '-' (it is typed in commands)")
+    elif str(name) in RESERVED_APP_NAMES:
+        reader.problem(
+            path, f"`{name}` is reserved: upstream-bot/locks/watch is the health watch's lock; name the app otherwise"
+        )
     data = reader.mapping(
         raw,
         path,
@@ -322,7 +331,7 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> 
     reader = _Reader()
     top = reader.mapping(raw, "", ("consul", "slack", "apps", "ssh", "agent", "access", "history"))
 
-    c = reader.mapping(top.get("consul"), "consul", ("addresses", "prefix", "timeout"))
+    c = reader.mapping(top.get("consul"), "consul", ("addresses", "prefix", "timeout", "session_ttl"))
     addresses_raw = c.get("addresses", ["http://127.0.0.1:8500"])
     if isinstance(addresses_raw, str):
         addresses_raw = [addresses_raw]
@@ -343,7 +352,10 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> 
         prefix=prefix,
         token=env.get("CONSUL_HTTP_TOKEN") or None,
         timeout=reader.get(c, "timeout", "consul", parse_duration, 5.0),
+        session_ttl=reader.get(c, "session_ttl", "consul", parse_duration, 15.0),
     )
+    if not 10.0 <= consul.session_ttl <= 86400.0:
+        reader.problem("consul.session_ttl", "Consul takes a session TTL from 10s to 24h, e.g. 15s")
 
     s = reader.mapping(top.get("slack"), "slack", ("channel", "channels"))
     channels = s.get("channels")

@@ -13,10 +13,12 @@ import httpx
 
 from bot.clock import SystemClock
 from bot.config import Config
+from bot.consul.election import WatchElection
 from bot.consul.history import ConsulHistory
 from bot.consul.journal import ConsulJournal
 from bot.consul.lock import ConsulLockManager
 from bot.consul.store import ConsulStore
+from bot.consul.watch_state import WatchStateKV
 from bot.executors.factory import executor_for
 from bot.health.prober import HttpProber
 from bot.health.scheduler import HealthWatcher
@@ -53,11 +55,13 @@ async def service_for(
 
         holder = holder_name()
         releases = Releases(
-            config.apps, store, prober, nginx, clock, ConsulLockManager(store), executors, holder,
-            ConsulJournal(store, holder),
+            config.apps, store, prober, nginx, clock, ConsulLockManager(store, config.consul.session_ttl),
+            executors, holder, ConsulJournal(store, holder),
         )
-        watcher = HealthWatcher(config.apps, store, prober, nginx, clock, releases)
+        # The watch runs on the replica holding upstream-bot/locks/watch; its incidents are kept in Consul.
+        election = WatchElection(store, holder, config.consul.session_ttl)
+        watcher = HealthWatcher(config.apps, store, prober, nginx, clock, releases, WatchStateKV(store), election)
         try:
             yield CommandService(config.apps, store, prober, nginx, clock, releases, watcher, policy, history)
         finally:
-            watcher.shutdown()
+            await watcher.aclose()  # frees the watch lock at once: another replica need not wait for its TTL

@@ -202,6 +202,27 @@ class AbortRequested:
 
 
 @dataclass(frozen=True)
+class ReleaseInterrupted:
+    """A release whose bot died (found by whichever replica looked first): for the channel, with Resume,
+    Restore and Leave; Slack also updates the release's own progress message (`entry.progress`)."""
+
+    entry: JournalEntry
+    summary: str  # "Release app 7 (...) was interrupted at 10.0.0.5:9000 during deploy; 2 of 4 node(s) done"
+
+
+@dataclass(frozen=True)
+class ResumeRequested:
+    """`/release resume <app> [--restore | --leave]` asks first; confirming takes the release up."""
+
+    app: str
+    release_id: str
+    mode: str  # ResumeMode.value
+    requester: str
+    summary: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class Announcement:
     """For the whole channel (and the terminal): a change people should know of, naming who."""
 
@@ -247,6 +268,8 @@ Event = (
     | StepOutput
     | ReleaseStatusReport
     | AbortRequested
+    | ReleaseInterrupted
+    | ResumeRequested
     | WatchEvent
     | AlertsReport
     | Announcement

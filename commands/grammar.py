@@ -15,6 +15,7 @@ from commands.requests import (
     HistoryRequest,
     ReleaseAbortRequest,
     ReleaseRequest,
+    ReleaseResumeRequest,
     ReleaseStatusRequest,
     RemoveRequest,
     Request,
@@ -40,7 +41,8 @@ USAGE: dict[str, str] = {
     "/undrain": "`/undrain <ip:port> [app] [--force]`: probe, then put a server back (`--force` skips the probe)",
     "/release": (
         "`/release <app> [--serial | --batch N | --batch N%] [--canary] [--version V] [--dry-run]`\n"
-        "`/release status <app>`, `/release abort <app>`"
+        "`/release status <app>`, `/release abort <app>`, "
+        "`/release resume <app> [--restore | --leave]` (a release whose bot died)"
     ),
 }
 
@@ -107,7 +109,16 @@ _REASON = re.compile(
     r"""(?:^|\s)--reason(?:=|\s+)(?:"([^"]*)"|“([^”]*)”|'([^']*)'|‘([^’]*)’|(.*?))(?=\s--|\s*$)""",  # noqa: RUF001 (curly quotes on purpose)
     re.DOTALL,
 )
-CHANGING = (DrainRequest, UndrainRequest, AddRequest, RemoveRequest, ReleaseRequest, ReleaseAbortRequest, WatchRequest)
+CHANGING = (
+    DrainRequest,
+    UndrainRequest,
+    AddRequest,
+    RemoveRequest,
+    ReleaseRequest,
+    ReleaseAbortRequest,
+    ReleaseResumeRequest,
+    WatchRequest,
+)
 
 
 def clean_reason(raw: str | None) -> str:
@@ -231,10 +242,22 @@ def _parse_upstream(words: list[str]) -> Request:
 
 def _parse_release(words: list[str]) -> Request:
     command = "/release"
+    if words[0] in ("status", "abort", "resume") and len(words) == 1:
+        raise UsageError(f"`/release {words[0]}` needs an app: `/release {words[0]} <app>`.\n{usage(command)}")
     if words[0] in ("status", "abort") and len(words) >= 2:
         _expect(command, words[1:], 1, 1, "an app")
         app = _app_name(words[1], command)
         return ReleaseStatusRequest(app) if words[0] == "status" else ReleaseAbortRequest(app)
+    if words[0] == "resume" and len(words) >= 2:
+        positional, flags = _split_flags(command, words[1:], {"--restore": False, "--leave": False})
+        _expect(command, positional, 1, 1, "an app: `/release resume <app> [--restore | --leave]`")
+        if "--restore" in flags and "--leave" in flags:
+            raise UsageError(
+                "`--restore` and `--leave` exclude each other: --restore starts, probes and restores what the "
+                "release left drained; --leave closes it as it is."
+            )
+        mode = "restore" if "--restore" in flags else "leave" if "--leave" in flags else "resume"
+        return ReleaseResumeRequest(_app_name(positional[0], command), mode)
     known = {
         "--serial": False,
         "--batch": True,

@@ -32,6 +32,7 @@ from commands.journal import Journal
 from commands.probing import probe_nodes
 from commands.release_plan import ReleasePlan, node_healthy, step_problems
 from commands.release_state import NodeState, Phase, ReleaseState, Status
+from commands.resume import ResumeMode, ResumePoint
 from commands.settings import AppSettings
 from commands.steps import OutputLine, StepRefused, StepTarget
 from commands.writes import WriteResult, Written, set_down
@@ -43,6 +44,9 @@ POLL = 0.25  # how often nginx's own view is re-read while waiting for it
 DECISION_TIMEOUT = 3600.0  # an unanswered failure leaves the node drained after this
 PREFLIGHT_CONCURRENCY = 16
 CANCEL_GRACE = 15.0  # how long a cancelled step may take to stop on its node (SIGTERM, grace, SIGKILL)
+FINAL_RECORD_ATTEMPTS = 3
+# Phases recorded in the journal before the engine acts in them (draining is recorded by its caller).
+WRITTEN_AHEAD = (Phase.STEP, Phase.PROBING, Phase.RESTORING)
 
 
 class _Stop(Exception):
@@ -86,7 +90,9 @@ class ReleaseEngine:
         approver: str | None = None,
         decision_timeout: float = DECISION_TIMEOUT,
         journal: Journal | None = None,
+        resume: tuple[ResumePoint, ResumeMode, str] | None = None,
     ) -> None:
+        """`resume`: where an interrupted release is taken up, how, and by whom (commands/resume.py)."""
         self.plan = plan
         self.app = app
         self.store = store
@@ -99,7 +105,10 @@ class ReleaseEngine:
         self.decision_timeout = decision_timeout
         self.journal = journal
         self._journal_writes = asyncio.Lock()  # one write at a time: each is a check-and-set on the last
-        self.state = ReleaseState.new(plan, clock.now(), approver)
+        self.state = ReleaseState.new(plan, clock.now(), approver) if resume is None else resume[0].state
+        self.resume = resume
+        if resume is not None:
+            self.state.resumed_by = resume[2]
         self._decision: asyncio.Future[str] | None = None
         self._decision_id: str | None = None
         self._options: tuple[str, ...] = ()
@@ -116,6 +125,7 @@ class ReleaseEngine:
         if self.state.status.finished or self.state.aborted_by:
             return False
         self.state.aborted_by = by
+        self.state.stopping = self.state.stopping or f"aborted by {by}"
         if self._decision is not None and not self._decision.done():
             self._decision.set_result("abort")
         return True
@@ -144,7 +154,9 @@ class ReleaseEngine:
         try:
             if self.lock is not None:
                 self._lost = asyncio.ensure_future(self.lock.wait_lost())
-            await self._record()  # the journal knows of the release before anything is done for it
+            await self._record(first=True)  # the journal knows of the release before anything is done for it
+            if self.resume is not None:
+                return await self._resumed(*self.resume)
             await self._update(
                 f"{self.plan.title} started by {self.plan.requester}"
                 + (f", approved by {state.approver}" if state.approver else "")
@@ -169,12 +181,32 @@ class ReleaseEngine:
                 self._prefetch.cancel()
                 await asyncio.wait({self._prefetch}, timeout=CANCEL_GRACE)
 
+    async def _resumed(self, point: ResumePoint, mode: ResumeMode, by: str) -> ReleaseState:
+        """An interrupted release taken up by `by`: continued, its drained nodes restored, or closed."""
+        hand = ", ".join(map(str, point.in_hand)) or "none"
+        await self._update(f"{self.plan.title}: {mode.value} by {by} after its bot died (drained by it: {hand})")
+        if mode is ResumeMode.LEAVE:
+            return await self._finish(Status.ABORTED, f"interrupted (its bot died); left as it was by {by}")
+        if mode is ResumeMode.RESTORE:
+            self.state.stopping = f"restore by {by}"
+            left = await self._recover_all(list(point.in_hand))
+            return await self._finish(Status.ABORTED, f"interrupted (its bot died); restore by {by}" + _still(left))
+        return await self._run()
+
+    def _todo(self, batch: tuple[ServerAddress, ...]) -> tuple[ServerAddress, ...]:
+        """The batch's nodes still to release (a resumed release skips what was done before its bot died)."""
+        over = (Phase.DONE, Phase.SKIPPED, Phase.RESTORED_UNRELEASED)
+        return tuple(a for a in batch if self.state.nodes[a].phase not in over)
+
     async def _run(self) -> ReleaseState:
         state = self.state
         await self._preflight()
-        for index, batch in enumerate(self.plan.batches):
+        for index, whole in enumerate(self.plan.batches):
             if state.aborted_by:
                 break
+            batch = self._todo(whole)
+            if not batch:
+                continue
             await self._guard(batch)
             failed = await self._run_batch(batch)
             if failed:
@@ -205,6 +237,7 @@ class ReleaseEngine:
             if choice == "retry":
                 failed, kind = await self._run_batch(tuple(failed)), "failure"
             elif choice == "restore":
+                self.state.stopping = f"restore of {first} chosen"
                 left = await self._recover_all(failed)
                 if not left:
                     return await self._finish(
@@ -240,7 +273,13 @@ class ReleaseEngine:
         state.status = status
         state.message = message
         state.finished_at = self.clock.now()
-        await self._record(best_effort=True)  # how it ended stays in the journal as the app's last release
+        # How it ended stays in the journal as the app's last release. Tried a few times while the lock is
+        # still held: a journal left saying "running" reads as an interrupted release once the lock is free.
+        for attempt in range(FINAL_RECORD_ATTEMPTS):
+            if await self._record(best_effort=True) or (self.lock is not None and self.lock.lost):
+                break
+            if attempt + 1 < FINAL_RECORD_ATTEMPTS:
+                await self.clock.sleep(1.0)
         await self._update(f"{self.plan.title}: {status.value}: {message}")
         return state
 
@@ -284,10 +323,14 @@ class ReleaseEngine:
     # -- checks before draining -------------------------------------------------------------------------
 
     async def _preflight(self) -> None:
-        """Every node's steps, executor and health, before the first drain. Any problem: nothing is drained."""
-        problems = step_problems(self.app, self.plan.steps, self.plan.version, self.plan.nodes)
+        """Every node's steps, executor and health, before the first drain. Any problem: nothing is drained.
+        A resumed release checks the nodes it has still to do; the ones its bot left drained (and maybe
+        stopped) are not probed: they run again from their stop."""
+        todo = self._todo(self.plan.nodes)
+        nothing = "nothing was drained" if self.resume is None else "nothing more was drained"
+        problems = step_problems(self.app, self.plan.steps, self.plan.version, todo)
         if problems:
-            raise _Stop("preflight failed, nothing was drained: " + "; ".join(problems))
+            raise _Stop(f"preflight failed, {nothing}: " + "; ".join(problems))
         limit = asyncio.Semaphore(PREFLIGHT_CONCURRENCY)
 
         async def check(address: ServerAddress) -> tuple[ServerAddress, str | None]:
@@ -297,19 +340,20 @@ class ReleaseEngine:
                 except Exception as error:  # an executor that cannot even check is a preflight problem
                     return address, f"{type(error).__name__}: {quoted(error)}"
 
-        results = await asyncio.gather(*(check(a) for a in self.plan.nodes))
+        results = await asyncio.gather(*(check(a) for a in todo))
         problems = [f"{a}: {quoted(why)}" for a, why in results if why]
         upstream = await self.store.read(self.app.upstream)
-        for address in self.plan.nodes:
+        for address in todo:
             entry = upstream.find(address)
             if entry is None:
                 problems.append(f"{address}: no longer in {self.app.upstream}")
         view = await self.nginx.read(self.app.upstream)
-        probes = await self._probe_many(list(self.plan.nodes))
-        problems += [f"{a}: {why}" for a in self.plan.nodes if (why := node_healthy(a, probes, view))]
+        serving = [a for a in todo if not self.state.nodes[a].drained]
+        probes = await self._probe_many(serving)
+        problems += [f"{a}: {why}" for a in serving if (why := node_healthy(a, probes, view))]
         if problems:
-            raise _Stop("preflight failed, nothing was drained: " + "; ".join(problems))
-        await self._update(f"preflight ok: {len(self.plan.nodes)} node(s) reachable and healthy")
+            raise _Stop(f"preflight failed, {nothing}: " + "; ".join(problems))
+        await self._update(f"preflight ok: {len(todo)} node(s) reachable" + (" and healthy" if serving else ""))
 
     async def _guard(self, batch: tuple[ServerAddress, ...]) -> None:
         """Never drain a batch unless another server is serving and healthy (unless forced)."""
@@ -381,7 +425,11 @@ class ReleaseEngine:
         return StepTarget(self.app.name, address.host, address.port, self.plan.version)
 
     async def _phase(self, node: NodeState, phase: Phase, line: str, step: str | None = None) -> None:
+        """Move the node on; a phase that acts (a step, the probe window, the restore) is in the journal
+        before it acts."""
         node.phase, node.step = phase, step
+        if phase in WRITTEN_AHEAD:
+            await self._record()
         await self._update(f"{node.address}: {line}")
 
     async def _fail(self, node: NodeState, error: str, thread: str | None = None) -> bool:
@@ -450,8 +498,8 @@ class ReleaseEngine:
         return result
 
     async def _run_step(self, node: NodeState, step: str) -> bool:
-        await self._phase(node, Phase.STEP, f"{step} ...", step)
         node.stopped = True  # from the first step on, the node may not be serving its old version
+        await self._phase(node, Phase.STEP, f"{step} ...", step)
         started = self.clock.now()
         try:
             result = await self._guarded(self.executor.run(step, self._target(node.address), self._output))
@@ -615,18 +663,20 @@ class ReleaseEngine:
         await self._update(f"{kind} decision: {choice}")
         return choice
 
-    async def _record(self, best_effort: bool = False) -> None:
+    async def _record(self, best_effort: bool = False, first: bool = False) -> bool:
         """Write the state to the journal (under the lock). Raises StoreError unless `best_effort`: then
-        the action that follows is not taken."""
+        the action that follows is not taken. False: a best-effort write did not land."""
         if self.journal is None:
-            return
+            return True
         try:
             async with self._journal_writes:
-                await self.journal.write(self.state, self.lock.held if self.lock is not None else None)
+                await self.journal.write(self.state, self.lock.held if self.lock is not None else None, first)
         except StoreError as error:
             if not best_effort:
                 raise StoreError(f"cannot write the release journal: {error.message}") from None
             log.warning("release %s: journal not written: %s", self.plan.id, error.message)
+            return False
+        return True
 
     async def _update(self, line: str, thread: str | None = None) -> None:
         self.state.version += 1

@@ -71,6 +71,13 @@ class ReleaseState:
     approver: str | None = None
     message: str = ""  # the latest headline: why it stopped, what it waits for
     aborted_by: str | None = None
+    # Set once the release is being wound down (an abort, a "restore" answer): a resume after a crash then
+    # only restores, never continues what a person stopped.
+    stopping: str | None = None
+    resumed_by: str | None = None  # who continued it after its bot died
+    # Where a front end shows its progress (Slack: {"channel": ..., "ts": ...}); kept in the journal so a
+    # bot that takes over after a crash updates the same message.
+    progress: dict[str, str] | None = None
     version: int = 0  # bumped on every change, so front ends can skip identical renders
 
     @classmethod

@@ -73,6 +73,15 @@ class ReleaseAbortRequest:
 
 
 @dataclass(frozen=True)
+class ReleaseResumeRequest:
+    """`/release resume <app> [--restore | --leave]`: take up a release whose bot died."""
+
+    app: str
+    mode: str = "resume"  # ResumeMode.value: resume | restore | leave
+    reason: str | None = None  # --reason "...": recorded in the history, shown in the channel
+
+
+@dataclass(frozen=True)
 class WatchRequest:
     app: str
     on: bool
@@ -101,6 +110,7 @@ Request = (
     | ReleaseRequest
     | ReleaseStatusRequest
     | ReleaseAbortRequest
+    | ReleaseResumeRequest
     | WatchRequest
     | AlertsRequest
     | HistoryRequest

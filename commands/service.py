@@ -26,6 +26,7 @@ from commands.events import (
     Problem,
     ReleaseDryRun,
     ReleasePlanned,
+    ResumeRequested,
     ServerStatus,
     StatusReport,
     WatchOffRequested,
@@ -45,7 +46,7 @@ from commands.plans import (
 from commands.probing import probe_nodes
 from commands.release_engine import node_summary
 from commands.release_plan import ReleasePlan
-from commands.release_state import Phase, Status
+from commands.release_state import Phase, ReleaseState, Status
 from commands.releases import Releases, held_by
 from commands.requests import (
     AddRequest,
@@ -55,6 +56,7 @@ from commands.requests import (
     HistoryRequest,
     ReleaseAbortRequest,
     ReleaseRequest,
+    ReleaseResumeRequest,
     ReleaseStatusRequest,
     RemoveRequest,
     Request,
@@ -62,6 +64,7 @@ from commands.requests import (
     UndrainRequest,
     WatchRequest,
 )
+from commands.resume import ResumeMode
 from commands.servers import ServerEntry, Upstream
 from commands.settings import AppSettings
 from commands.watch import Incident, WatchControl
@@ -160,6 +163,20 @@ class CommandService:
                 return Outcome.PENDING
             case ReleaseRequest() | ReleaseStatusRequest() | ReleaseAbortRequest():
                 return await self._release_request(request, requester, notifier)
+            case ReleaseResumeRequest(app=name, mode=mode, reason=reason):
+                app = self.app(name)
+                await self._may_change(requester, [app.name], "release")
+                releases = self._releases()
+                entry = await releases.interrupted(app.name)
+                if entry is None:
+                    await releases.refuse_if_running(app.name)
+                    raise UserError(
+                        f"No interrupted release of {app.name}: nothing to {mode}. "
+                        f"`/release status {app.name}` shows the last one."
+                    )
+                summary = releases.summary(entry)
+                await notifier.emit(ResumeRequested(app.name, entry.release_id, mode, requester, summary, reason))
+                return Outcome.PENDING
             case WatchRequest(app=name, on=on):
                 app = self.app(name)
                 await self._may_change(requester, [app.name], WATCH)
@@ -247,12 +264,14 @@ class CommandService:
             return Outcome.DONE
         if isinstance(request, ReleaseAbortRequest):
             engine = releases.engine(app.name)
-            if engine is None:
+            if engine is not None:
+                release_id = engine.plan.id
+            else:
                 holder = await releases.locks.holder(app.name)
                 if holder is None:
                     raise UserError(f"No release of {app.name} is running; nothing to abort.")
-                raise UserError(f"{held_by(holder, app.name)}; abort it from the bot instance that runs it.")
-            await notifier.emit(AbortRequested(app.name, engine.plan.id, requester, request.reason))
+                release_id = holder.release_id  # run by another replica: asked through Consul
+            await notifier.emit(AbortRequested(app.name, release_id, requester, request.reason))
             return Outcome.PENDING
         plan = await releases.plan(app, request, requester)
         if plan.dry_run:
@@ -318,6 +337,11 @@ class CommandService:
             await notifier.emit(Problem(f"{plan.title} did not start: {error.message}"))
             await self.record(notifier, plan.app, "release.finish", plan.requester, plan.id, outcome=error.message)
             return Outcome.FAILED
+        await self._record_end(notifier, state)
+        return Outcome.DONE if state.status is Status.SUCCEEDED else Outcome.FAILED
+
+    async def _record_end(self, notifier: Notifier, state: ReleaseState) -> None:
+        plan = state.plan
         for address, node in state.nodes.items():
             steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in node.durations.items()) or "no step run"
             await self.record(
@@ -328,15 +352,17 @@ class CommandService:
             notifier, plan.app, "release.finish", plan.requester, plan.id,
             outcome=f"{state.status.value}: {state.message}",
         )
-        return Outcome.DONE if state.status is Status.SUCCEEDED else Outcome.FAILED
 
     async def abort_release(
         self, app: str, release_id: str, by: str, notifier: Notifier, reason: str | None = None
     ) -> Outcome:
         if await self._refused(notifier, await self.policy.change_refusal(by, [app], "abort a release of")):
             return Outcome.REFUSED
-        engine = self._releases().engine(app)
-        if engine is None or engine.plan.id != release_id:
+        releases = self._releases()
+        engine = releases.engine(app)
+        if engine is None:
+            return await self._abort_elsewhere(app, release_id, by, notifier, reason)
+        if engine.plan.id != release_id:
             await notifier.emit(Problem(f"That release of {app} is no longer running; nothing to abort."))
             return Outcome.REFUSED
         if not engine.abort(by):
@@ -350,6 +376,51 @@ class CommandService:
             )
         )
         return Outcome.DONE
+
+    async def _abort_elsewhere(
+        self, app: str, release_id: str, by: str, notifier: Notifier, reason: str | None
+    ) -> Outcome:
+        """The release runs on another replica: the abort is asked for in Consul, where it looks every second."""
+        releases = self._releases()
+        holder = await releases.locks.holder(app)
+        if holder is None or holder.release_id != release_id or releases.journal is None:
+            await notifier.emit(Problem(f"That release of {app} is no longer running; nothing to abort."))
+            return Outcome.REFUSED
+        await releases.journal.request_abort(app, release_id, by)
+        await self.record(notifier, app, "release.abort", by, release_id, reason=reason, outcome=f"via {holder.holder}")
+        await notifier.emit(
+            Notice(
+                f"Abort of the release of {app} asked of {holder.holder}, which runs it: it stops before the next "
+                "step; a stopped node is started and probed first. `/release status` follows it."
+            )
+        )
+        return Outcome.DONE
+
+    async def resume_release(
+        self, app: str, release_id: str, mode: str, by: str, notifier: Notifier, reason: str | None = None
+    ) -> Outcome:
+        """Resume, Restore or Leave on a release whose bot died (a button, or a confirmed
+        `/release resume`): the same rights as starting a release of the app."""
+        if await self._refused(notifier, await self.policy.change_refusal(by, [app], "release")):
+            return Outcome.REFUSED
+        how = ResumeMode(mode)
+        releases = self._releases()
+        try:
+            # Recorded only when there is something to take up (a second press is refused unrecorded).
+            entry = await releases.interrupted(app)
+            if entry is not None and entry.release_id == release_id:
+                await self.record(
+                    notifier, app, f"release.{how.value}", by, release_id, reason=reason, outcome=entry.title
+                )
+            state = await releases.resume(app, release_id, how, by, notifier)
+        except UserError as error:
+            await notifier.emit(Problem(error.message))
+            return Outcome.REFUSED
+        except StoreError as error:
+            await notifier.emit(Problem(f"The release of {app} was not taken up: {error.message}"))
+            return Outcome.FAILED
+        await self._record_end(notifier, state)
+        return Outcome.DONE if state.status is Status.SUCCEEDED or how is not ResumeMode.RESUME else Outcome.FAILED
 
     async def decide(self, app: str, decision_id: str, decision: str, by: str, notifier: Notifier) -> Outcome:
         if await self._refused(notifier, await self.policy.change_refusal(by, [app], "steer a release of")):

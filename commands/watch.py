@@ -5,12 +5,20 @@ Pure logic, driven by `observe(now, ...)` once a round: a node that fails contin
 Flaps shorter than the window are not alerted. Nodes drained on purpose are not alerted (one
 reminder when drained too long); nodes in a release are left to the release engine. Disagreements
 (Consul serving but nginx's check down, or nginx routing to a node Consul drained) count when they
-last the window too. State lives in memory: a restart starts fresh.
+last the window too.
+
+Several replicas: only the one leading the watch observes (bot/health/scheduler.py); its incidents are
+kept in Consul, and `adopt` loads them into a watch that takes over, or mirrors them on the others
+(for `/upstream alerts` and the alert buttons there). Silence and acknowledge reach Consul through
+`on_mark`, on whichever replica they are pressed. Probe windows, drained-since and drained-by stay in
+the replica's memory: a takeover restarts them (an open incident is neither re-alerted nor forgotten;
+a failure not yet alerted needs a full window again).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,10 +45,18 @@ class Incident:
     acknowledged_by: str | None = None
     resolved_at: float | None = None
     resolution: str = ""
+    post_ref: dict[str, str] | None = None  # where the front end posted its alert (opaque: Slack channel, ts)
 
     @property
     def open(self) -> bool:
         return self.resolved_at is None
+
+    def take_marks(self, other: Incident) -> None:
+        """Marks only grow: the later silence wins, the first acknowledgement stays, a known post stays."""
+        if (other.silenced_until or 0) > (self.silenced_until or 0):
+            self.silenced_until = other.silenced_until
+        self.acknowledged_by = self.acknowledged_by or other.acknowledged_by
+        self.post_ref = self.post_ref or other.post_ref
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,7 @@ class AppWatch:
         self.nodes: dict[ServerAddress, _Node] = {}
         self.silenced: dict[ServerAddress, float] = {}  # address -> until
         self.drained_by: dict[ServerAddress, str] = {}  # who drained it through the bot (this run)
+        self.on_mark: Callable[[Incident], None] | None = None  # a silence or acknowledgement to share
 
     # -- people ----------------------------------------------------------------------------------------
 
@@ -84,13 +101,48 @@ class AppWatch:
         if incident is not None:
             incident.silenced_until = until
             self.silenced[incident.address] = until
+            self._marked(incident)
         return incident
 
     def acknowledge(self, incident_id: str, by: str) -> Incident | None:
         incident = self.find(incident_id)
         if incident is not None and incident.acknowledged_by is None:
             incident.acknowledged_by = by
+            self._marked(incident)
         return incident
+
+    def _marked(self, incident: Incident) -> None:
+        if self.on_mark is not None:
+            self.on_mark(incident)
+
+    # -- state shared through Consul ---------------------------------------------------------------
+
+    def adopt(self, stored: Iterable[Incident]) -> None:
+        """Replace what this watch knows with the incidents kept in Consul (a takeover, or the mirror of
+        a replica that does not lead): open ones are open here, with fresh probe windows; a resolved one
+        kept for its silence only silences. Marks made here and not yet stored are kept."""
+        stored = list(stored)
+        mine = {i.id: i for i in self.incidents()}
+        silenced = dict(self.silenced)
+        self.nodes = {}
+        for incident in stored:
+            if incident.id in mine:
+                incident.take_marks(mine[incident.id])
+            if (incident.silenced_until or 0) > silenced.get(incident.address, 0):
+                silenced[incident.address] = incident.silenced_until or 0
+            if incident.open:
+                self.nodes[incident.address] = _Node(incident=incident)
+        self.silenced = silenced
+
+    def merge(self, stored: Iterable[Incident]) -> None:
+        """The leader, each round: take the marks pressed on other replicas."""
+        mine = {i.id: i for i in self.incidents()}
+        for incident in stored:
+            own = mine.get(incident.id)
+            if own is not None:
+                own.take_marks(incident)
+                if own.silenced_until and own.silenced_until > self.silenced.get(own.address, 0):
+                    self.silenced[own.address] = own.silenced_until
 
     def record_drain(self, address: ServerAddress, by: str) -> None:
         self.drained_by[address] = by

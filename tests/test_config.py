@@ -74,6 +74,20 @@ def test_every_problem_is_reported_with_its_path() -> None:
     assert "apps.app.release.executor: expected one of ssh, agent, local" in problems
 
 
+def test_a_session_ttl_consul_would_refuse_and_a_reserved_app_name_are_problems() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["consul"] = {"session_ttl": "5s"}
+    raw["apps"]["watch"] = raw["apps"]["app"]
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    problems = "\n".join(error.value.problems)
+    assert "consul.session_ttl: Consul takes a session TTL from 10s to 24h" in problems
+    assert "apps.watch: `watch` is reserved" in problems
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["consul"] = {"session_ttl": "30s"}
+    assert parse_config(raw, {}).consul.session_ttl == 30.0
+
+
 def test_check_config_notes_an_app_nobody_may_change() -> None:
     from bot.config import environment_problems, parse_config
 

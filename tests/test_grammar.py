@@ -8,6 +8,7 @@ from commands.requests import (
     DrainRequest,
     HelpRequest,
     ReleaseRequest,
+    ReleaseResumeRequest,
     RemoveRequest,
     StatusRequest,
     UndrainRequest,
@@ -26,6 +27,11 @@ def test_commands_parse_into_typed_requests() -> None:
         "app", batch_percent=25, version="2.1"
     )
     assert parse("/drain", "") == HelpRequest("/drain")
+    assert parse("/release", "resume app") == ReleaseResumeRequest("app")
+    assert parse("/release", "resume app --restore") == ReleaseResumeRequest("app", "restore")
+    assert parse_line('/release resume app --leave --reason "checked by hand"') == ReleaseResumeRequest(
+        "app", "leave", "checked by hand"
+    )
 
 
 @pytest.mark.parametrize(
@@ -49,6 +55,11 @@ def test_commands_parse_into_typed_requests() -> None:
         ("/release", "app --version ../../etc", "slash"),
         ("/release", "app --serial --batch 2", "exclude each other"),
         ("/release", "app --batch 0", "give a count"),
+        ("/release", "resume app --restore --leave", "exclude each other"),
+        ("/release", "resume app --retsore", "unknown flag `--retsore`"),
+        ("/release", "resume app other", "unexpected `other`"),
+        ("/release", "resume", "`/release resume` needs an app"),
+        ("/release", "status", "`/release status` needs an app"),
     ],
 )
 def test_bad_input_says_what_is_wrong_and_what_is_right(command: str, text: str, expected: str) -> None:

@@ -25,6 +25,7 @@ import pytest
 from bot.processes import free_port, port_free, start_sample_service, stop_sample_service
 from tests.conftest import Consul
 from tests.helpers import processes_matching, wait_until
+from tests.test_release_operators import gated
 
 BIN = [sys.executable, "-m", "bot.cli"]
 SAMPLE = f"{shlex.quote(sys.executable)} -m bot.sample_service"
@@ -65,6 +66,7 @@ class Nodes:
         }
         path = self.folder / "upstream-bot.yml"
         path.write_text(
+            "consul:\n  session_ttl: 10s\n"  # the shortest Consul takes: a dead bot's lock frees soonest
             "apps:\n  app:\n"
             "    health:\n      url: http://{host}:{port}/ping\n      interval: 300ms\n      timeout: 300ms\n"
             "      window: 10s\n"
@@ -267,14 +269,16 @@ def test_demo_ctrl_c_at_the_prompt_exits_as_before_even_after_a_command(tmp_path
     wait_until(lambda: all(port_free(base + i) for i in range(3)), 15, "the demo's services stopped")
 
 
-def test_a_bot_killed_mid_release_leaves_no_worse_and_any_process_sees_it_interrupted(nodes: Nodes) -> None:
+def test_a_bot_killed_mid_release_leaves_no_worse_and_another_process_resumes_it(nodes: Nodes) -> None:
     """SIGKILL (no abort possible): the node in hand stays drained, every other node keeps serving, the
     journal in Consul knows which node was in hand, and once the dead bot's lock expires another process's
-    `/release status` says the release was interrupted."""
-    deploy = marker_sleep(30)
+    `/release status` says the release was interrupted; `run "/release resume app"` finishes it."""
+    gate = nodes.folder / "deploy-may-finish"
+    marker = f"upstream-bot-deploy-{random.randrange(10**8):08d}"  # unique to this run, for /proc
+    deploy = gated(gate, marker)  # blocks until the gate exists
     config = nodes.config(deploy)
     cli = run_release(nodes, config)
-    wait_until(lambda: processes_matching(deploy), 30, "the deploy step running")
+    wait_until(lambda: processes_matching(marker), 30, "the deploy step running")
     node = the_drained_node(nodes)
     cli.process.kill()
     cli.wait(10)
@@ -287,10 +291,22 @@ def test_a_bot_killed_mid_release_leaves_no_worse_and_any_process_sees_it_interr
         run.wait(30)
         return run.output if "INTERRUPTED" in run.output else None
 
-    # The session's TTL is 15 s (Consul may take up to 2 x TTL): poll for the lock to go.
+    # The session's TTL is 10 s (Consul may take up to 2 x TTL): poll for the lock to go.
     try:
         seen = wait_until(interrupted, 45, "the release shown as interrupted")
-        assert f"{node}" in seen and "draining" in seen.split(node, 1)[1].splitlines()[0]
+        assert re.search(rf"^\s+{re.escape(node)}\s+deploy\.\.\., drained, stopped$", seen, re.M), seen
+        assert "/release resume app" in seen  # what to do about it
         assert drained(nodes.consul.url)[node] == 1  # nothing put it back behind anyone's back
+        gate.touch()
+        resume = Cli(["run", "/release resume app", "--yes"], nodes.folder, env)
+        code = resume.wait(90)
+        out = resume.output
+        print(out)
+        assert code == 0 and "Traceback" not in out
+        assert "was interrupted at" in out and "during deploy" in out  # what it takes up, before confirming
+        assert re.search(r"Release app 2 \([^)]*\): succeeded", out)
+        assert drained(nodes.consul.url) == {a: 0 for a in nodes.addresses}
+        for address in nodes.addresses:
+            assert httpx.get(f"http://{address}/ping", timeout=2, trust_env=False).status_code == 200
     finally:
-        subprocess.run(["pkill", "-f", deploy], check=False)  # the dead bot's step, orphaned on the node
+        gate.touch()  # the dead bot's step, orphaned on the node, ends

@@ -206,7 +206,8 @@ async def test_another_replica_refuses_an_undrain_while_a_release_runs_and_the_r
     assert report.state is None and report.lock is not None and report.journal is not None
     assert report.journal.running and report.journal.holder == "test:1"
     node = next(n for n in report.journal.nodes if n.address == first)
-    assert node.phase == "draining"  # written before its drain: the journal knows the node is in hand
+    # Written before each step: the journal knows the node is drained, may be stopped, and in which step.
+    assert node.phase == "running" and node.step is not None and node.drained and node.stopped
     assert all(n.phase == "waiting" for n in report.journal.nodes if n.address != first)
 
     notifier = RecordingNotifier()

@@ -3,6 +3,7 @@ reminders, drained nodes, disagreements, nodes under release."""
 
 from __future__ import annotations
 
+from bot.consul.watch_state import decode, encode
 from commands.addresses import ServerAddress
 from commands.interfaces import NginxView, ProbeResult
 from commands.servers import ServerEntry, Upstream
@@ -130,3 +131,35 @@ def test_nodes_under_release_are_left_to_the_release_engine() -> None:
     w = watch()
     assert run(w, [DOWN] * 30, releasing={A}) == []
     assert run(w, [DOWN] * 5, start=300) == []  # after the release the window starts afresh
+
+
+def test_a_watch_that_takes_over_an_open_incident_neither_re_alerts_nor_forgets_it() -> None:
+    w = watch()
+    run(w, [DOWN] * 10)
+    (incident,) = w.incidents()
+    incident.post_ref = {"channel": "C0DEPLOY", "ts": "1.2"}
+    stored = decode(encode(incident))  # as Consul keeps it
+    assert stored == incident
+    taken = watch()  # another replica, or this one restarted: no probe history at all
+    taken.adopt([stored])  # type: ignore[list-item]
+    assert run(taken, [DOWN] * 20, start=100) == []  # still failing: no second alert
+    events = run(taken, [OK, OK], start=300)
+    assert kinds(events) == ["recovered"] and events[0].incident is stored
+    assert stored.post_ref == {"channel": "C0DEPLOY", "ts": "1.2"}  # where to answer in its thread
+
+
+def test_a_silence_outlives_a_takeover_and_marks_pressed_elsewhere_are_merged() -> None:
+    w = watch()
+    run(w, [DOWN] * 10)
+    (incident,) = w.incidents()
+    elsewhere = decode(encode(incident))
+    assert elsewhere is not None
+    elsewhere.acknowledged_by, elsewhere.silenced_until = "U2BOB", 5000.0
+    w.merge([elsewhere])  # the leader reads what another replica's buttons stored
+    assert incident.acknowledged_by == "U2BOB" and w.silenced[A] == 5000.0
+    run(w, [OK, OK], start=100)  # resolved, but silenced until 5000
+    resolved = decode(encode(incident))
+    taken = watch()
+    taken.adopt([resolved])  # type: ignore[list-item]
+    assert taken.incidents() == []
+    assert run(taken, [DOWN] * 100, start=200) == []  # fails again within the silence: not alerted

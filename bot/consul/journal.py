@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from bot.consul.pending import PendingFormatError, decode_subject, encode_subject
@@ -22,7 +22,9 @@ from commands.release_state import ReleaseState
 
 log = logging.getLogger(__name__)
 PREFIX = "upstream-bot/releases/"
+ABORTS = "upstream-bot/aborts/"  # `/release abort` from a replica that does not run the release
 FORMAT = 1
+FIRST_WRITE_TRIES = 3
 
 
 def journal_key(app: str) -> str:
@@ -35,28 +37,72 @@ class ConsulJournal:
         self.holder = holder
         self._index: dict[str, int] = {}  # app -> the ModifyIndex this bot last wrote or read
 
-    async def write(self, state: ReleaseState, held: HeldLock | None) -> None:
+    async def write(self, state: ReleaseState, held: HeldLock | None, first: bool = False) -> None:
         app = state.plan.app
         entry = JournalEntry.of(state, self.holder, encode_subject(state.plan))
-        value = json.dumps({"format": FORMAT, **asdict(entry)}, separators=(",", ":"))
         key = journal_key(app)
-        if app not in self._index:
-            self._index[app] = await self._current_index(key)
-        encoded = base64.b64encode(value.encode()).decode()
-        ops: list[dict[str, Any]] = [{"KV": {"Verb": "cas", "Key": key, "Value": encoded, "Index": self._index[app]}}]
-        if held is not None:
-            ops.append({"KV": {"Verb": "check-session", "Key": held.key, "Session": held.session}})
-        try:
-            answer = await self.store.call(lambda c: c.txn.put(ops), f"writing the release journal {key}", write=True)
-        except StoreRejected as error:
-            if error.status == 409:
+        # A first write may meet a replica marking the previous state "interrupted" between its read and
+        # its write (the only other writer while the lock is held): read again and retry, a few times.
+        for attempt in range(FIRST_WRITE_TRIES if first else 1):
+            if first or app not in self._index:
+                self._index[app] = await self._current_index(key)
+            try:
+                self._index[app] = await self._put(entry, self._index[app], held)
+                return
+            except StoreRejected as error:
+                if error.status != 409:
+                    raise
                 self._index.pop(app, None)  # read afresh next time
+                if attempt + 1 < (FIRST_WRITE_TRIES if first else 1):
+                    continue
                 raise StoreError(
                     f"the release journal {key} was changed by someone else, or the release lock is gone"
                 ) from None
+
+    def plan_of(self, entry: JournalEntry) -> ReleasePlan:
+        plan = decode_subject(entry.plan)
+        assert isinstance(plan, ReleasePlan)  # read() returns only entries whose plan decodes
+        return plan
+
+    async def request_abort(self, app: str, release_id: str, by: str) -> None:
+        value = json.dumps({"release_id": release_id, "by": by})
+        key = ABORTS + app
+        # Idempotent (the same value again changes nothing that matters): a lost answer may be resent.
+        await self.store.call(lambda c: c.kv.put(key, value), f"writing {key}")
+
+    async def abort_requested(self, app: str, release_id: str) -> str | None:
+        key = ABORTS + app
+        _, item = await self.store.call(lambda c: c.kv.get(key), f"reading {key}")
+        try:
+            data = json.loads((item or {}).get("Value") or b"{}")
+        except ValueError:
+            return None
+        return str(data.get("by") or "another replica") if data.get("release_id") == release_id else None
+
+    async def mark_interrupted(self, entry: JournalEntry, at: float) -> bool:
+        if not entry.index or not entry.running:
+            return False
+        try:
+            await self._put(replace(entry, interrupted_at=at), entry.index, None)
+        except StoreRejected as error:
+            if error.status == 409:
+                return False  # another replica marked it first, or a resume took it over
             raise
+        return True
+
+    async def _put(self, entry: JournalEntry, index: int, held: HeldLock | None) -> int:
+        """Check-and-set `entry` on `index` (and the lock's session, when held): the new ModifyIndex."""
+        key = journal_key(entry.app)
+        data = asdict(entry)
+        data.pop("index")
+        value = json.dumps({"format": FORMAT, **data}, separators=(",", ":"))
+        encoded = base64.b64encode(value.encode()).decode()
+        ops: list[dict[str, Any]] = [{"KV": {"Verb": "cas", "Key": key, "Value": encoded, "Index": index}}]
+        if held is not None:
+            ops.append({"KV": {"Verb": "check-session", "Key": held.key, "Session": held.session}})
+        answer = await self.store.call(lambda c: c.txn.put(ops), f"writing the release journal {key}", write=True)
         results = (answer or {}).get("Results") or []
-        self._index[app] = int(results[0]["KV"]["ModifyIndex"]) if results else await self._current_index(key)
+        return int(results[0]["KV"]["ModifyIndex"]) if results else await self._current_index(key)
 
     async def _current_index(self, key: str) -> int:
         _, item = await self.store.call(lambda c: c.kv.get(key), f"reading {key}")
@@ -75,7 +121,7 @@ class ConsulJournal:
             data = json.loads(item.get("Value") or b"{}")
             nodes = tuple(JournalNode(**n) for n in data.pop("nodes"))
             data.pop("format", None)
-            entry = JournalEntry(nodes=nodes, **data)
+            entry = JournalEntry(nodes=nodes, index=int(item["ModifyIndex"]), **data)
             if not isinstance(decode_subject(entry.plan), ReleasePlan):
                 raise PendingFormatError("not a release plan")
             return entry

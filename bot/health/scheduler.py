@@ -3,27 +3,42 @@
 Each round reads Consul and nginx's view, probes the app's serving nodes concurrently with a bound
 (never more than `watch.concurrency` in flight), leaves the nodes of a running release alone, and
 hands the results to the app's `AppWatch`, whose events go to the front end.
+
+Several replicas (with `election` and `state`): only the replica holding the watch lock runs rounds
+(bot/consul/election.py). On winning it loads the incidents kept in Consul (bot/consul/watch_state.py),
+so a node still failing is not alerted again and one that recovered gets its recovery; each round it
+reads them again (silences and acknowledgements pressed on other replicas, the on/off switch) and
+writes back what changed, after posting. It asks `leading` before every alert: a replica that lost
+the lock posts nothing more. The others mirror Consul every `FOLLOW_EVERY` seconds, for
+`/upstream alerts` and the alert buttons pressed there (which write through to Consul).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bot.consul.election import WatchElection
+from bot.consul.watch_state import AppState, WatchStateKV, encode
 from commands.errors import StoreError
 from commands.events import Notifier
 from commands.interfaces import Clock, NginxReader, Prober, UpstreamStore
 from commands.probing import probe_nodes
 from commands.releases import Releases
 from commands.settings import AppSettings
-from commands.watch import AppWatch
+from commands.watch import AppWatch, Incident, WatchEvent
 
 log = logging.getLogger(__name__)
+FOLLOW_EVERY = 1.0  # seconds: how stale a replica that does not lead may show the incidents
+CLOSE_TIMEOUT = 5.0  # seconds for freeing the watch lock at shutdown
 
 
 def watchable(app: AppSettings) -> bool:
@@ -47,7 +62,10 @@ class HealthWatcher:
         nginx: NginxReader,
         clock: Clock,
         releases: Releases | None = None,
+        state: WatchStateKV | None = None,
+        election: WatchElection | None = None,
     ) -> None:
+        """Without `state` and `election`, one process watching with its incidents in memory (tests)."""
         self.apps = apps
         self.store = store
         self.prober = prober
@@ -59,6 +77,17 @@ class HealthWatcher:
         self.notifier: Notifier | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self._due: dict[str, float] = {}
+        self.state = state
+        self.election = election
+        self._saved: dict[str, tuple[str, int]] = {}  # incident id -> (its JSON as stored, ModifyIndex)
+        self._adopted_term = -1  # the election term whose incidents from Consul are loaded
+        self._adopting = asyncio.Lock()
+        self._switch_busy: dict[str, int] = {}  # app -> on/off writes of ours in flight
+        self._switch_done: dict[str, float] = {}  # app -> monotonic when our last on/off write ended
+        self._tasks: set[asyncio.Task[Any]] = set()  # writes of on/off and marks
+        self._follower: asyncio.Task[None] | None = None
+        for watch in self.watches.values():
+            watch.on_mark = self._share_mark
 
     # -- WatchControl -------------------------------------------------------------------------------------
 
@@ -70,12 +99,95 @@ class HealthWatcher:
         if watch is None:
             return f"{app} has nothing to watch: set its health.url or nginx.status_url."
         watch.enabled = on
+        if self.state is not None:  # for whichever replica leads, now and after a restart
+            self._spawn(self._write_switch(app, on))
         if on:
             return (
                 f"Health watch of {app} is on: every {self.apps[app].health.interval:g} s; a node failing for "
                 f"{self.apps[app].health.window:g} s is alerted once."
             )
-        return f"Health watch of {app} is off (until `/upstream watch {app} on` or a restart)."
+        until = "" if self.state is not None else " or a restart"
+        return f"Health watch of {app} is off (until `/upstream watch {app} on`{until})."
+
+    async def _write_switch(self, app: str, on: bool) -> None:
+        assert self.state is not None
+        self._switch_busy[app] = self._switch_busy.get(app, 0) + 1
+        try:
+            await self.state.set_enabled(app, on)
+        except StoreError as error:
+            log.warning("the health watch of %s is %s here only: %s", app, "on" if on else "off", error.message)
+        finally:
+            self._switch_busy[app] -= 1
+            self._switch_done[app] = time.monotonic()
+
+    def _share_mark(self, incident: Incident) -> None:
+        """A silence or acknowledgement pressed here: into Consul, for the replica that leads."""
+        if self.state is not None:
+            self._spawn(self._write_mark(incident))
+
+    async def _write_mark(self, incident: Incident) -> None:
+        assert self.state is not None
+        try:
+            await self.state.mark(incident.app, incident.id, incident.silenced_until, incident.acknowledged_by)
+        except StoreError as error:
+            log.warning("incident %s of %s marked here only: %s", incident.id, incident.app, error.message)
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def settle(self) -> None:
+        """Wait for the on/off and mark writes started so far (bounded by the Consul adapter's timeouts)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- leadership ----------------------------------------------------------------------------------------
+
+    def leading(self, term: int | None = None) -> bool:
+        """This replica runs the watch (and, with `term`, still in the leadership that round started in)."""
+        if self.election is None:
+            return True
+        return self.election.leading and (term is None or self.election.term == term)
+
+    def _elected(self) -> None:
+        """Won the watch: run every app's round now rather than one interval later."""
+        if self.scheduler is not None and self.scheduler.running:
+            for job in self.scheduler.get_jobs():
+                job.modify(next_run_time=datetime.now(UTC))
+
+    async def _adopted(self) -> bool:
+        """The incidents in Consul are loaded for the current leadership (read once per election won)."""
+        if self.state is None:
+            return True
+        term = self.election.term if self.election is not None else 0
+        async with self._adopting:
+            if self._adopted_term == term:
+                return True
+            read_at = time.monotonic()
+            states = await self.state.read_all()
+            if not self.leading(term):
+                return False
+            for name, watch in self.watches.items():
+                self._apply(name, watch, states.get(name, AppState()), adopt=True, read_at=read_at)
+            self._saved = {
+                i: (encode(incident), index) for st in states.values() for i, (incident, index) in st.incidents.items()
+            }
+            self._adopted_term = term
+            open_count = sum(len(w.incidents()) for w in self.watches.values())
+            log.info("health watch: %d open incident(s) loaded from Consul", open_count)
+            return True
+
+    def _apply(self, name: str, watch: AppWatch, state: AppState, adopt: bool, read_at: float) -> None:
+        """What Consul holds for an app into its watch: the incidents (all of them, or only the marks) and
+        the switch, unless an on/off of ours is in flight or ended after this read began."""
+        stored = [incident for incident, _ in state.incidents.values()]
+        if adopt:
+            watch.adopt(stored)
+        else:
+            watch.merge(stored)
+        if not self._switch_busy.get(name) and self._switch_done.get(name, -1.0) < read_at:
+            watch.enabled = self.apps[name].watch.enabled if state.enabled is None else state.enabled
 
     # -- scheduling ----------------------------------------------------------------------------------------
 
@@ -99,9 +211,44 @@ class HealthWatcher:
             )
         self.scheduler.start()
 
+        if self.election is not None and self.state is not None:
+            self.election.on_elected = self._elected
+            self.election.start()
+            self._follower = asyncio.get_running_loop().create_task(self._follow(), name="watch mirror")
+
+    async def _follow(self) -> None:
+        """While another replica leads: mirror the incidents and switches in Consul."""
+        assert self.state is not None
+        while True:
+            await asyncio.sleep(FOLLOW_EVERY)
+            if self.leading():
+                continue
+            read_at = time.monotonic()
+            try:
+                states = await self.state.read_all()
+            except StoreError as error:
+                log.debug("health watch mirror not refreshed: %s", error.message)
+                continue
+            if self.leading():  # won meanwhile: the takeover loads them itself
+                continue
+            self._adopted_term = -1
+            for name, watch in self.watches.items():
+                self._apply(name, watch, states.get(name, AppState()), adopt=True, read_at=read_at)
+
     def shutdown(self) -> None:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        for task in [*self._tasks, *([self._follower] if self._follower else [])]:
+            task.cancel()
+
+    async def aclose(self) -> None:
+        """shutdown(), and free the watch lock at once, so another replica takes over without waiting
+        for the session's TTL. Bounded, never raises."""
+        self.shutdown()
+        if self.election is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await self.election.close()
 
     # -- one round -------------------------------------------------------------------------------------
 
@@ -113,9 +260,15 @@ class HealthWatcher:
         # The next round is due one interval after this one was due (or now, if it is very late).
         self._due[name] = max(self._due.get(name, started) + interval, started - interval)
         watch = self.watches[name]
-        if not watch.enabled:
+        if not self.leading():
             return
         try:
+            if not await self._adopted():
+                return
+            if self.state is not None:
+                await self._sync(name, watch)
+            if not watch.enabled:
+                return
             await self._round(name, watch)
         except StoreError as error:
             log.warning("health watch of %s skipped a round: %s", name, error.message)
@@ -135,6 +288,67 @@ class HealthWatcher:
         serving = [s.address for s in upstream.servers if not s.drained and s.address not in releasing]
         probes = await probe_nodes(self.prober, app, serving, app.watch.concurrency)
         self.stats[name].probes += len(probes)
-        for event in watch.observe(self.clock.now(), upstream, probes, view, releasing):
+        # The leadership whose incidents were loaded: an alert is posted only while it lasts.
+        term = self._adopted_term if self.state is not None else None
+        events = watch.observe(self.clock.now(), upstream, probes, view, releasing)
+        for event in events:
+            if not self.leading(term):
+                log.warning("health watch of %s: not leading any more, %s not posted", name, event.kind)
+                return
             if self.notifier is not None:
                 await self.notifier.emit(event)
+        if self.state is not None:
+            await self._persist(watch, events)
+
+    # -- the incidents in Consul -------------------------------------------------------------------------
+
+    async def _sync(self, name: str, watch: AppWatch) -> None:
+        """Read the app's state: marks and switch in; stored incidents this leader no longer has out."""
+        assert self.state is not None
+        read_at = time.monotonic()
+        state = await self.state.read(name)
+        self._apply(name, watch, state, adopt=False, read_at=read_at)
+        mine = {i.id for i in watch.incidents()}
+        now = self.clock.now()
+        for incident_id, (incident, index) in state.incidents.items():
+            if incident_id in mine:
+                self._saved[incident_id] = (encode(incident), index)
+            elif incident.open or (incident.silenced_until or 0) <= now:
+                # Resolved here (its delete failed or is pending), or its silence is over.
+                await self._remove(incident, index)
+
+    async def _persist(self, watch: AppWatch, events: list[WatchEvent]) -> None:
+        """After posting: write the incidents that opened or changed, delete the resolved ones (keep one
+        while its silence lasts). A write that fails is retried next round (it still differs)."""
+        now = self.clock.now()
+        resolved = [e.incident for e in events if e.kind == "recovered" and e.incident is not None]
+        for incident in watch.incidents() + resolved:
+            saved = self._saved.get(incident.id)
+            if not incident.open and (incident.silenced_until or 0) <= now:
+                if saved is not None:
+                    await self._remove(incident, saved[1])
+                continue
+            text = encode(incident)
+            if saved is not None and saved[0] == text:
+                continue
+            held = self.election.held if self.election is not None else None
+            if self.election is not None and held is None:
+                return  # no longer leading: the successor owns them
+            assert self.state is not None
+            try:
+                index = await self.state.save(incident, saved[1] if saved else 0, held)
+            except StoreError as error:
+                log.warning("incident %s of %s not stored in Consul: %s", incident.id, incident.app, error.message)
+                continue
+            if index is not None:
+                self._saved[incident.id] = (text, index)
+
+    async def _remove(self, incident: Incident, index: int) -> None:
+        held = self.election.held if self.election is not None else None
+        if self.state is None or (self.election is not None and held is None):
+            return
+        try:
+            if await self.state.remove(incident, index, held):
+                self._saved.pop(incident.id, None)
+        except StoreError as error:
+            log.warning("incident %s of %s not deleted from Consul: %s", incident.id, incident.app, error.message)

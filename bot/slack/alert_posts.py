@@ -38,9 +38,14 @@ class AlertPosts:
             ts = await self.front.post(channel, message)
             if ts and event.kind == "alert":
                 self.messages[incident.id] = (channel, ts)
+                # Kept with the incident in Consul: a replica taking the watch over replies in this thread.
+                incident.post_ref = {"channel": channel, "ts": ts}
         elif event.kind == "recovered" and incident is not None:
             message = resolved_message(incident, now)
-            posted = self.messages.pop(incident.id, None)
+            ref = incident.post_ref or {}
+            posted = self.messages.pop(incident.id, None) or (
+                (ref["channel"], ref["ts"]) if ref.get("channel") and ref.get("ts") else None
+            )
             if posted is None:
                 await self.front.post(channel, message)
                 return

@@ -70,6 +70,7 @@ def register(app: AsyncApp, front: SlackFrontEnd) -> None:
     app.view(REJECT_VIEW)(approvals.on_reject_submitted)
     app.action("release_decision")(steering.on_decision)
     app.action("release_abort")(steering.on_abort)
+    app.action("release_resume")(steering.on_resume)
     app.action("watch_drain")(alerts.on_drain)
     app.action("watch_silence")(alerts.on_silence)
     app.action("watch_ack")(alerts.on_acknowledge)

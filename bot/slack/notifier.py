@@ -18,6 +18,7 @@ from bot.slack.release_messages import (
     approval_message,
     release_plan_message,
     release_status_message,
+    resume_confirm_message,
 )
 from bot.slack.status_messages import status_message
 from commands.errors import StoreError
@@ -36,9 +37,11 @@ from commands.events import (
     Problem,
     ReleaseDryRun,
     ReleaseFinished,
+    ReleaseInterrupted,
     ReleasePlanned,
     ReleaseStatusReport,
     ReleaseUpdate,
+    ResumeRequested,
     StatusReport,
     StepOutput,
     WatchOffRequested,
@@ -123,6 +126,10 @@ class SlackNotifier:
                 await self.private(release_status_message(event, time.time()))
             case AbortRequested():
                 await self.private(abort_message(event))
+            case ResumeRequested():
+                await self.private(resume_confirm_message(event))
+            case ReleaseInterrupted():
+                await front.releases.interrupted(event, self.channel)
             case AlertsReport():
                 await self.private(alerts_message(event, time.time()))
             case WatchEvent():

@@ -119,6 +119,9 @@ class ProgressMessage:
                     self._dirty = True
                     return False
                 self.ts = str(posted["ts"])
+                # Kept in the release's journal (its next write): a bot taking it up after a crash edits
+                # this message rather than starting another.
+                self.state.progress = {"channel": self.channel, "ts": self.ts}
             else:
                 self.edits += 1
                 call = self.client.chat_update(channel=self.channel, ts=self.ts, text=text, blocks=blocks)

@@ -6,15 +6,24 @@ Versions, addresses, step output, probe details and reasons are outside text: es
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from bot.slack.blocks import MAX_BLOCKS, Blocks, Message, actions, button, code_sections, context, dialog, section
 from bot.slack.change_messages import reason_text
 from bot.slack.mrkdwn import code, escape, mention, own
 from bot.terminal.render import node_line, when
-from commands.events import DANGEROUS_OPTIONS, AbortRequested, DecisionNeeded, ReleaseStatusReport
+from commands.events import (
+    DANGEROUS_OPTIONS,
+    AbortRequested,
+    DecisionNeeded,
+    ReleaseInterrupted,
+    ReleaseStatusReport,
+    ResumeRequested,
+)
 from commands.journal import JournalEntry
 from commands.release_plan import ReleasePlan
 from commands.release_state import Phase, ReleaseState, Status
+from commands.resume import where_interrupted
 
 
 def release_plan_message(plan: ReleasePlan, key: str, stage: int = 1, dry_run: bool = False) -> Message:
@@ -181,6 +190,69 @@ def abort_message(event: AbortRequested) -> Message:
     ]
 
 
+# Resume, Restore and Leave on a release whose bot died: what each does, for its confirm dialog.
+RESUME_CHOICES: dict[str, tuple[str, str | None, str]] = {
+    "resume": (
+        "Resume",
+        "primary",
+        "The node it had in hand runs again from its stop step, is probed and restored; then the rest follow.",
+    ),
+    "restore": (
+        "Restore",
+        None,
+        "What it left drained is started, probed, and put back only if healthy. Nothing else is deployed.",
+    ),
+    "leave": ("Leave", "danger", "The release is closed as it is: what it left drained stays drained."),
+}
+
+
+def resume_buttons(app: str, release_id: str, reason: str | None = None, only: str | None = None) -> dict[str, Any]:
+    elements = []
+    for mode, (label, style, what) in RESUME_CHOICES.items():
+        if only is not None and mode != only:
+            continue
+        value = json.dumps({"app": app, "release_id": release_id, "mode": mode, "reason": reason}, ensure_ascii=False)
+        confirm = dialog(f"{label} the interrupted release?", what, label, "Not now")
+        text = label if only is None else f"{label} the release"
+        elements.append(button(text, "release_resume", value, style, confirm))
+    return actions(f"resume_{release_id}_{only or 'all'}", elements)
+
+
+def interrupted_message(event: ReleaseInterrupted, who: str) -> Message:
+    """For the channel and in place of the release's progress message. The journal was read from Consul:
+    shown escaped, never obeyed."""
+    entry = event.entry
+    app = escape(entry.app)
+    drained = [n for n in entry.nodes if n.drained or n.phase not in ("waiting", "released", "not reached")]
+    version = f"version {escape(entry.version)}, " if entry.version else ""
+    summary = (
+        f"*{escape(entry.title)}* ({version}started by {mention(entry.requester)}) was interrupted "
+        f"{escape(where_interrupted(entry))}; {entry.done} of {len(entry.nodes)} node(s) done"
+    )
+    text = (
+        f":warning: {who}{summary}. Its bot died; nothing is being done to {app} now. "
+        f"`/release resume {app}` (or a button below) takes it up."
+    )
+    rows = [f"{code(n.address)} {escape(n.label)}" + ", drained" * n.drained for n in entry.nodes[:40]]
+    blocks: Blocks = [section(text)]
+    if rows:
+        blocks.append(section("\n".join(rows)[:2900]))
+    if drained:
+        blocks.append(context("A node it had in hand may be drained and stopped: `/upstream status` shows it."))
+    blocks.append(resume_buttons(entry.app, entry.release_id))
+    return text.replace("*", ""), blocks
+
+
+def resume_confirm_message(event: ResumeRequested) -> Message:
+    app = escape(event.app)
+    label, _, what = RESUME_CHOICES[event.mode]
+    text = f"{escape(event.summary)}.\n*{label}* it? {what}"
+    return f"{label} the release of {app}?", [
+        section(text),
+        resume_buttons(event.app, event.release_id, event.reason, only=event.mode),
+    ]
+
+
 def release_status_message(event: ReleaseStatusReport, now: float) -> Message:
     if event.state is not None:
         return progress_message(event.state, now, {})
@@ -212,14 +284,17 @@ def journal_message(journal: JournalEntry, locked: bool) -> Message:
     else:
         head = f"Last release: {title}: *{escape(journal.status)}* at {when(journal.finished_at or 0)}"
     rows = [
-        f"{code(n.address)} {escape(n.phase)}" + ", drained" * n.drained + ", stopped" * n.stopped
+        f"{code(n.address)} {escape(n.label)}" + ", drained" * n.drained + ", stopped" * n.stopped
         + ", state unknown" * n.state_unknown + (f": {escape(n.error)}" if n.error else "")
         for n in journal.nodes[:40]
     ]
     more = f"\n… and {len(journal.nodes) - 40} more node(s)" if len(journal.nodes) > 40 else ""
     body = "\n".join(rows)[:2800] + more
     text = f"{head}\n{escape(journal.message)}" if journal.message else head
-    return text, [section(text[:2900]), section(body or "no nodes")]
+    blocks: Blocks = [section(text[:2900]), section(body or "no nodes")]
+    if journal.running and not locked:  # interrupted: it can be taken up from here too
+        blocks.append(resume_buttons(journal.app, journal.release_id))
+    return text, blocks
 
 
 def finished_line(state: ReleaseState) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bot.slack.calls import slack_call
 from bot.slack.mrkdwn import code_block, mention
 from bot.slack.progress import ProgressMessage
-from bot.slack.release_messages import decision_message, failed_alert, finished_line
-from commands.events import DecisionNeeded
+from bot.slack.release_messages import decision_message, failed_alert, finished_line, interrupted_message
+from commands.events import DecisionNeeded, ReleaseInterrupted
 from commands.release_plan import ReleasePlan
 from commands.release_state import ReleaseState, Status
 
@@ -30,9 +31,25 @@ class ReleasePosts:
     def progress(self, state: ReleaseState, origin: str) -> ProgressMessage:
         progress = self.progresses.get(state.plan.id)
         if progress is None:
-            progress = ProgressMessage(self.front.client, self.front.release_channel(origin))
+            where = state.progress or {}
+            # A release taken up after its bot died edits the message its first bot posted.
+            progress = ProgressMessage(self.front.client, where.get("channel") or self.front.release_channel(origin))
+            progress.ts = where.get("ts")
             self.progresses[state.plan.id] = progress
         return progress
+
+    async def interrupted(self, event: ReleaseInterrupted, origin: str) -> None:
+        """A release whose bot died: its progress message says so, with Resume, Restore and Leave, and the
+        channel is told (the people concerned are mentioned)."""
+        entry = event.entry
+        approvers = self.front.service.apps[entry.app].approvers if entry.app in self.front.service.apps else ()
+        who = " ".join(mention(i) for i in dict.fromkeys([entry.requester, *approvers])) + ": "
+        text, blocks = interrupted_message(event, who)
+        where = entry.progress or {}
+        if where.get("channel") and where.get("ts"):
+            call = self.front.client.chat_update(channel=where["channel"], ts=where["ts"], text=text, blocks=blocks)
+            await slack_call("chat.update", where["channel"], call)
+        await self.front.post(self.front.release_channel(origin), (text, blocks))
 
     async def update(self, state: ReleaseState, thread: str | None, origin: str) -> None:
         # The thread is a failing step's output: the node's words, in a code block they cannot close.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from bot.config import Config
 from bot.consul.pending import PendingKV
 from bot.consul.store import ConsulStore
 from bot.health.scheduler import HealthWatcher
+from bot.interruptions import InterruptionMonitor
 from bot.runtime import service_for
 from bot.slack.app import BotTokenRefused, build_app, make_client, warm_up
 from bot.slack.directory import ApproverDirectory
@@ -35,6 +37,12 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
     if not http and not app_token:
         print("error: set SLACK_APP_TOKEN (xapp-...) for Socket Mode, or pass --http --port N.", file=sys.stderr)
         return 2
+    # SIGTERM (systemd, a deploy of the bot) ends `serve` like Ctrl-C: the watch's election lock is let go
+    # at once rather than held until its TTL. A release running here stops where it is and is reported
+    # interrupted (by another replica, or by this one when it starts again), to be resumed by a person.
+    main = asyncio.current_task()
+    if main is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     # The client first: the access policy resolves user groups through it (read at every press).
     client = make_client(token, os.environ.get("SLACK_API_URL"))
     async with service_for(config, directory=ApproverDirectory(client)) as service:
@@ -51,6 +59,9 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
             if not config.slack.channel:
                 log.warning("slack.channel is not set: the health watch has nowhere to post its alerts")
             service.watches.start(front.channel_notifier())
+        if service.releases is not None and service.releases.journal is not None:
+            # Every replica looks; the journal's check-and-set lets one tell each interrupted release.
+            InterruptionMonitor(service.releases, list(config.apps)).start(front.channel_notifier())
         if http:
             runner = web.AppRunner(build_web_app(app), access_log=None)
             await runner.setup()

@@ -9,7 +9,8 @@ from typing import Any
 from bot.slack.blocks import text_message
 from bot.slack.front import SlackFrontEnd
 from bot.slack.mrkdwn import escape, mention
-from bot.slack.release_messages import decision_label
+from bot.slack.release_messages import RESUME_CHOICES, decision_label
+from commands.events import Problem
 
 
 class Steering:
@@ -35,6 +36,33 @@ class Steering:
                 (body.get("message") or {}).get("ts"),
                 f"{mention(user)} chose: {escape(decision_label(decision))}",
             )
+
+    async def on_resume(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        self.front.spawn(self._resume(body))
+
+    async def _resume(self, body: dict[str, Any]) -> None:
+        """Resume, Restore or Leave on a release whose bot died. Pressed twice, or on two replicas at once,
+        it runs once: the app's lock and the journal (read again under the lock) decide."""
+        user, notifier = self.front.presser(body)
+        if await self.front.outside(body, notifier):
+            return
+        value = json.loads(body["actions"][0]["value"])
+        app, mode = str(value["app"]), str(value["mode"])
+        if mode not in RESUME_CHOICES:
+            return
+        reason = value.get("reason")
+        label = RESUME_CHOICES[mode][0]
+        refusal = await self.front.service.policy.change_refusal(user, [app], "release")
+        if refusal:  # refused before the buttons go: someone allowed must still find them
+            await notifier.emit(Problem(refusal))
+            return
+        text = f"{label} of the interrupted release of {escape(app)} chosen by {mention(user)}."
+        await self.front.replace(body, text_message(text))  # its buttons are gone; the outcome follows
+        work = self.front.service.resume_release(
+            app, str(value["release_id"]), mode, user, notifier, str(reason) if reason else None
+        )
+        await self.front.guarded(work, notifier, f"taking up the release of {app}")
 
     async def on_abort(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()

@@ -5,7 +5,9 @@ nginx-upsync-module use.
   `flags`, `acquire`, `release`; answers `true`/`false`), DELETE (`recurse`, `cas`). Values are
   base64 in JSON answers; `X-Consul-Index` on every KV answer; 404 for a missing key or empty prefix.
 - Sessions: create (TTL 10s..86400s, Behavior release|delete, LockDelay), renew, destroy, info,
-  list; an expired session releases (or deletes) its locks.
+  list; an expired or destroyed session releases (or deletes) its locks, and, as Consul does, each of
+  those keys then refuses `?acquire=` (answers false) for the session's LockDelay. An explicit
+  `?release=` sets no lock-delay.
 - Transactions (`PUT /v1/txn`): every KV verb (set, cas, lock, unlock, get, get-or-empty, get-tree,
   check-index, check-session, check-not-exists, delete, delete-tree, delete-cas), all or nothing,
   one index for all its writes; 200 {"Results", "Errors": null} or 409 {"Results": null, "Errors":
@@ -124,6 +126,7 @@ class ConsulStandIn:
         self.kv: dict[str, _Entry] = {}
         self.tombstones: dict[str, int] = {}
         self.sessions: dict[str, _Session] = {}
+        self.lock_delays: dict[str, float] = {}  # key -> time.monotonic() until which `acquire` is refused
         self.index = 1
         self.requests = 0
         self.write_requests = 0
@@ -180,6 +183,8 @@ class ConsulStandIn:
             return
         for key, entry in list(self.kv.items()):
             if entry.session == session_id:
+                if session.lock_delay > 0:  # Consul's lock-delay (state/session.go deleteSessionTxn)
+                    self.lock_delays[key] = time.monotonic() + min(session.lock_delay, 60.0)
                 if session.behavior == "delete":
                     del self.kv[key]
                     self.tombstones[key] = self._bump()
@@ -349,6 +354,8 @@ class ConsulStandIn:
                 return web.Response(status=500, text=f'invalid session "{query["acquire"]}"')
             if entry is not None and entry.session and entry.session != session.id:
                 return web.json_response(False)
+            if self.lock_delays.get(key, 0.0) > time.monotonic():
+                return web.json_response(False)  # a dead session's lock-delay (Consul's KVS.Apply)
             index = self._bump()
             if entry is None:
                 entry = self.kv[key] = _Entry(body, flags, index, index)

@@ -31,6 +31,7 @@ from commands.events import (
     ReleaseFinished,
     ReleasePlanned,
     ReleaseUpdate,
+    ResumeRequested,
     WatchOffRequested,
 )
 from commands.grammar import parse_line
@@ -49,6 +50,8 @@ ASK_ATTEMPTS = 3  # an unknown answer to a decision is asked again this often, t
 # With --yes nobody is there to answer: the canary goes on (as asked for), a failure leaves the node
 # drained. A dangerous option is never among these.
 UNATTENDED = {"canary": "continue"}
+# A question asked before something is done; answered at the prompt (or by --yes).
+Pending = ConfirmationNeeded | ReleasePlanned | AbortRequested | WatchOffRequested | ResumeRequested
 SAFE_DEFAULT = {"canary": "abort"}  # otherwise "leave"
 RUN_FORM = 'upstream-bot run "{}"'  # how a left-drained node is put back from a shell
 PROMPT_FORM = "{}"  # the same, typed at the demo's prompt
@@ -121,7 +124,7 @@ class TerminalFrontEnd:
         self.assume_yes = assume_yes
         self.user = user or terminal_user()
         self.put_back_form = put_back_form
-        self._pending: ConfirmationNeeded | ReleasePlanned | AbortRequested | WatchOffRequested | None = None
+        self._pending: Pending | None = None
         # Where history entries say a command came from: a CI job or a person at a terminal.
         self.where = "ci" if os.environ.get("CI") else "terminal"
         # The latest state of the release this front end saw, from its events: a cancelled run has no
@@ -136,7 +139,7 @@ class TerminalFrontEnd:
         print(line, file=self.out, flush=True)
 
     async def emit(self, event: Event) -> None:
-        if isinstance(event, ConfirmationNeeded | ReleasePlanned | AbortRequested | WatchOffRequested):
+        if isinstance(event, Pending):
             self._pending = event
         if isinstance(event, ReleaseUpdate | ReleaseFinished | DecisionNeeded):
             self.release_state = event.state
@@ -231,6 +234,10 @@ class TerminalFrontEnd:
                 outcome = await self.service.start_release(pending.plan, pending.stage, self.user, self)
             elif isinstance(pending, WatchOffRequested):
                 outcome = await self.service.set_watch(pending.app, False, self.user, pending.reason, self)
+            elif isinstance(pending, ResumeRequested):
+                outcome = await self.service.resume_release(
+                    pending.app, pending.release_id, pending.mode, self.user, self, pending.reason
+                )
             else:
                 outcome = await self.service.abort_release(
                     pending.app, pending.release_id, self.user, self, pending.reason
@@ -238,7 +245,7 @@ class TerminalFrontEnd:
         return outcome
 
     async def _confirmed(
-        self, pending: ConfirmationNeeded | ReleasePlanned | AbortRequested | WatchOffRequested
+        self, pending: Pending
     ) -> bool:
         if self.assume_yes:
             stage = getattr(pending, "stage", 1)

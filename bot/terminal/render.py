@@ -20,9 +20,11 @@ from commands.events import (
     Problem,
     ReleaseDryRun,
     ReleaseFinished,
+    ReleaseInterrupted,
     ReleasePlanned,
     ReleaseStatusReport,
     ReleaseUpdate,
+    ResumeRequested,
     ServerStatus,
     StatusReport,
     StepOutput,
@@ -202,8 +204,22 @@ def journal_lines(journal: JournalEntry, locked: bool) -> list[str]:
     lines = [head, f"  {journal.message}"] if journal.message else [head]
     for node in journal.nodes:
         flags = ", drained" * node.drained + ", stopped" * node.stopped + ", state unknown" * node.state_unknown
-        lines.append(f"  {node.address:<21} {node.phase}{flags}{f': {node.error}' if node.error else ''}")
+        lines.append(f"  {node.address:<21} {node.label}{flags}{f': {node.error}' if node.error else ''}")
+    if journal.running and not locked:
+        lines.append(RESUME_HINT.format(app=journal.app))
     return lines
+
+
+RESUME_HINT = (
+    "  /release resume {app}   (or --restore: start, probe and restore what it left drained; "
+    "--leave: close it as it is)"
+)
+RESUME_QUESTIONS = {
+    "resume": "Resume it? The node it had in hand runs again from its stop step, is probed and restored; "
+    "then the rest follow.",
+    "restore": "Restore what it left drained? Started, probed, and put back only if healthy; nothing is deployed.",
+    "leave": "Close it as it is? What it left drained stays drained.",
+}
 
 
 def event_lines(event: Event) -> list[str]:
@@ -243,6 +259,13 @@ def event_lines(event: Event) -> list[str]:
             return [f"No release of {app} is running."]
         case AbortRequested(app=app):
             return [f"Abort the running release of {app}? It stops before the next step."]
+        case ResumeRequested(mode=mode, summary=summary):
+            return [f"{summary}.", f"{RESUME_QUESTIONS[mode]}"]
+        case ReleaseInterrupted(entry=entry, summary=summary):
+            return [
+                f"{when(time.time())}  {summary}. Its bot died; nothing is being done to {entry.app} now.",
+                *journal_lines(entry, False)[1:],
+            ]
         case StatusReport():
             return status_lines(event)
         case ConfirmationNeeded():
