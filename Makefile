@@ -42,6 +42,7 @@ bench: $(VENV)/.installed system-deps
 	$(BIN)/python benchmarks/executor.py
 	$(BIN)/python benchmarks/release_overhead.py
 	$(BIN)/python benchmarks/watch_scale.py
+	$(BIN)/python benchmarks/crash_report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

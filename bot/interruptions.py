@@ -5,7 +5,7 @@ ended: the bot died, or lost Consul for longer than the TTL). Every second one r
 shows which locks are free; the journal is read only for an app whose lock key changed since the last
 look (a release ended, or a session expired), and for every app at start and once a minute, so a bot
 that starts after the crash reports it too. Each finding is marked in the journal with check-and-set
-before it is told, so several replicas tell it once (Releases.newly_interrupted).
+before it is told, so several replicas tell it once (Releases.claim_interrupted).
 """
 
 from __future__ import annotations
@@ -41,18 +41,24 @@ class InterruptionMonitor:
                 await self._task
 
     async def look(self, notifier: Notifier, everything: bool) -> int:
-        """One look; how many interrupted releases it told."""
+        """One look; how many interrupted releases it told. Each is told as soon as it is claimed: an
+        error on another app must not keep it from the channel (it is marked told in Consul already)."""
         free = await self.releases.locks.free()
-        changed = [a for a in self.apps if (a in free or everything) and free.get(a) != self._seen.get(a)]
-        candidates = list(self.apps) if everything else changed
-        found = await self.releases.newly_interrupted(candidates)
-        # Fix: remembered only once the candidates were looked at. Remembered before, a look that failed
-        # (Consul answering an error as the lock freed) dropped the app until the next full look, a minute on.
-        self._seen = {a: v for a, v in free.items() if a in self.apps}
-        told = 0
-        for entry in found:
-            await notifier.emit(ReleaseInterrupted(entry, self.releases.summary(entry)))
-            told += 1
+        changed = [a for a in self.apps if a in free and free.get(a) != self._seen.get(a)]
+        told, failed = 0, set()
+        for app in list(self.apps) if everything else changed:
+            try:
+                entry = await self.releases.claim_interrupted(app)
+            except StoreError as error:
+                # Not remembered as seen: the next look (a second on) reads this app again, rather than the
+                # next full look a minute on.
+                log.warning("cannot read the release journal of %s: %s", app, error.message)
+                failed.add(app)
+                continue
+            if entry is not None:
+                await notifier.emit(ReleaseInterrupted(entry, self.releases.summary(entry)))
+                told += 1
+        self._seen = {a: v for a, v in free.items() if a in self.apps and a not in failed}
         return told
 
     async def _run(self, notifier: Notifier) -> None:

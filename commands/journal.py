@@ -31,6 +31,7 @@ class JournalNode:
     error: str | None = None
     state_unknown: bool = False
     step: str | None = None  # the step it is in (phase "running"), or was last in
+    step_deadline: float | None = None  # a step running: by when it is surely over on the node
 
     @property
     def label(self) -> str:
@@ -57,6 +58,7 @@ class JournalEntry:
     resumed_by: str | None = None
     progress: dict[str, str] | None = None  # where the front end shows it (Slack channel and ts)
     interrupted_at: float | None = None  # when a replica found it interrupted and told the channel
+    canary_passed: bool = False
     index: int = 0  # the store's version of it when read (0: not read from the store); never written
 
     @property
@@ -74,7 +76,9 @@ class JournalEntry:
     @classmethod
     def of(cls, state: ReleaseState, holder: str, plan: dict[str, Any]) -> JournalEntry:
         nodes = tuple(
-            JournalNode(str(n.address), n.phase.value, n.drained, n.stopped, n.error, n.state_unknown, n.step)
+            JournalNode(
+                str(n.address), n.phase.value, n.drained, n.stopped, n.error, n.state_unknown, n.step, n.step_deadline
+            )
             for n in state.nodes.values()
         )
         p = state.plan
@@ -95,6 +99,7 @@ class JournalEntry:
             state.stopping,
             state.resumed_by,
             state.progress,
+            canary_passed=state.canary_passed,
         )
 
 
@@ -106,8 +111,9 @@ class Journal(Protocol):
         besides the mark of an interruption); later writes check-and-set on the one before."""
         ...
 
-    async def read(self, app: str) -> JournalEntry | None:
-        """The app's running or last release; None when it never had one (or it cannot be read)."""
+    async def read(self, app: str, strict: bool = False) -> JournalEntry | None:
+        """The app's running or last release; None when it never had one, or it cannot be read (`strict`:
+        Consul not answering raises StoreError; an entry that does not parse is still None)."""
         ...
 
     def plan_of(self, entry: JournalEntry) -> ReleasePlan:
@@ -120,6 +126,10 @@ class Journal(Protocol):
 
     async def abort_requested(self, app: str, release_id: str) -> str | None:
         """Who asked to abort `release_id` (from any replica), or None."""
+        ...
+
+    async def clear_abort(self, app: str, release_id: str) -> None:
+        """Forget an abort asked for `release_id` (it ended, or is taken up afresh after its bot died)."""
         ...
 
     async def mark_interrupted(self, entry: JournalEntry, at: float) -> bool:

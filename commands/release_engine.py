@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from commands.addresses import ServerAddress
@@ -31,7 +31,7 @@ from commands.interfaces import Clock, Executor, NginxReader, Prober, ProbeResul
 from commands.journal import Journal
 from commands.probing import probe_nodes
 from commands.release_plan import ReleasePlan, node_healthy, step_problems
-from commands.release_state import NodeState, Phase, ReleaseState, Status
+from commands.release_state import NOT_RELEASED, NodeState, Phase, ReleaseState, Status
 from commands.resume import ResumeMode, ResumePoint
 from commands.settings import AppSettings
 from commands.steps import OutputLine, StepRefused, StepTarget
@@ -46,7 +46,9 @@ PREFLIGHT_CONCURRENCY = 16
 CANCEL_GRACE = 15.0  # how long a cancelled step may take to stop on its node (SIGTERM, grace, SIGKILL)
 FINAL_RECORD_ATTEMPTS = 3
 # Phases recorded in the journal before the engine acts in them (draining is recorded by its caller).
-WRITTEN_AHEAD = (Phase.STEP, Phase.PROBING, Phase.RESTORING)
+# DRAIN_WAIT and SKIPPED right after the drain's answer: a crash after it then knows whose drain it was.
+WRITTEN_AHEAD = (Phase.DRAIN_WAIT, Phase.SKIPPED, Phase.STEP, Phase.PROBING, Phase.RESTORING)
+STEP_KILL_MARGIN = 10.0  # past a step's timeout: the node's kill grace (SIGTERM, then SIGKILL) and slack
 
 
 class _Stop(Exception):
@@ -62,7 +64,7 @@ def node_summary(node: NodeState) -> str:
     if node.phase is Phase.DONE:
         return "released"
     if node.phase is Phase.SKIPPED:
-        return "skipped (drained by someone else; left drained)"
+        return node.error or "skipped (drained by someone else; left drained)"
     if node.drained:
         stopped = ", stopped" if node.stopped else ""
         return f"drained{stopped} ({node.error or node.label})"
@@ -107,6 +109,8 @@ class ReleaseEngine:
         self._journal_writes = asyncio.Lock()  # one write at a time: each is a check-and-set on the last
         self.state = ReleaseState.new(plan, clock.now(), approver) if resume is None else resume[0].state
         self.resume = resume
+        # Nodes a resume found drained: whether nginx stopped routing to them was never seen by this bot.
+        self._unconfirmed_drains: set[ServerAddress] = set(resume[0].in_hand) if resume is not None else set()
         if resume is not None:
             self.state.resumed_by = resume[2]
         self._decision: asyncio.Future[str] | None = None
@@ -116,6 +120,8 @@ class ReleaseEngine:
         self._prefetch: asyncio.Future[dict[ServerAddress, ProbeResult]] | None = None
         self._healthy_others: list[ServerAddress] = []  # from the last guard: preferred drain witnesses
         self._lost: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[bool]] = set()
+        self._acted = False  # a node was touched in this run (a resume that stops before it stays interrupted)
 
     # -- control from outside (buttons, commands, Ctrl-C) --------------------------------------------
 
@@ -128,6 +134,12 @@ class ReleaseEngine:
         self.state.stopping = self.state.stopping or f"aborted by {by}"
         if self._decision is not None and not self._decision.done():
             self._decision.set_result("abort")
+        # In the journal now, not at the next phase (a step may run for minutes): a bot taking the release
+        # up after a crash must not continue what a person stopped.
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to record with
+            task = asyncio.get_running_loop().create_task(self._record(best_effort=True))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return True
 
     def decide(self, decision_id: str, decision: str, by: str) -> str | None:
@@ -168,6 +180,8 @@ class ReleaseEngine:
                 Status.FAILED, f"release lock lost ({lost}): stopped, nothing more was written or run. {states}"
             )
         except _Stop as stop:
+            if self.resume is not None and not self._acted:
+                return await self._still_interrupted(str(stop))
             return await self._finish(Status.FAILED, str(stop))
         except StoreError as error:
             return await self._finish(Status.FAILED, f"Consul: {error.message}")
@@ -193,6 +207,19 @@ class ReleaseEngine:
             return await self._finish(Status.ABORTED, f"interrupted (its bot died); restore by {by}" + _still(left))
         return await self._run()
 
+    async def _still_interrupted(self, why: str) -> ReleaseState:
+        """A resume that stopped before touching any node (preflight, a guard): the release is left as its
+        dead bot left it, still interrupted in the journal (so Restore and Leave stay possible, and the
+        channel is told again once the lock is let go)."""
+        state = self.state
+        assert self.resume is not None
+        mode, by = self.resume[1], self.resume[2]
+        state.message = f"{mode.value} by {by} stopped before touching any node: {why}; still interrupted"
+        await self._record(best_effort=True)  # running, as before: the interruption stands
+        state.status, state.finished_at = Status.FAILED, self.clock.now()
+        await self._update(f"{self.plan.title}: {state.message}")
+        return state
+
     def _todo(self, batch: tuple[ServerAddress, ...]) -> tuple[ServerAddress, ...]:
         """The batch's nodes still to release (a resumed release skips what was done before its bot died)."""
         over = (Phase.DONE, Phase.SKIPPED, Phase.RESTORED_UNRELEASED)
@@ -205,19 +232,21 @@ class ReleaseEngine:
             if state.aborted_by:
                 break
             batch = self._todo(whole)
-            if not batch:
-                continue
-            await self._guard(batch)
-            failed = await self._run_batch(batch)
-            if failed:
-                finished = await self._resolve(failed)
-                if finished is not None:
-                    return finished
+            if batch:
+                await self._guard(batch)
+                failed = await self._run_batch(batch)
+                if failed:
+                    finished = await self._resolve(failed)
+                    if finished is not None:
+                        return finished
             last = index == len(self.plan.batches) - 1
-            if self.plan.canary and index == 0 and not last and not state.aborted_by:
-                choice = await self._ask("canary", batch[0], "canary released: continue with the rest?")
+            # Asked again by a resume when its bot died before anyone answered it.
+            if self.plan.canary and index == 0 and not last and not state.aborted_by and not state.canary_passed:
+                choice = await self._ask("canary", whole[0], "canary released: continue with the rest?")
                 if choice != "continue":
                     state.aborted_by = state.aborted_by or "canary decision"
+                else:
+                    state.canary_passed = True
         if state.aborted_by:
             return await self._finish(Status.ABORTED, f"aborted by {state.aborted_by}")
         skipped = [n for n in state.nodes.values() if n.phase is Phase.SKIPPED]
@@ -289,9 +318,9 @@ class ReleaseEngine:
         if self.lock is not None and self.lock.lost:
             raise _LockLost("its Consul session is gone or was not renewed within its TTL")
 
-    async def _guarded(self, work: Awaitable[T]) -> T:
+    async def _guarded(self, work: Awaitable[T], on_stopped: Callable[[], None] | None = None) -> T:
         """Run `work` unless the lock is lost first; when it is, `work` is cancelled (a step is stopped on
-        its node) and the release ends."""
+        its node) and the release ends. `on_stopped`: called when a cancelled `work` did end in time."""
         try:
             self._check_lock()
         except _LockLost:
@@ -308,6 +337,8 @@ class ReleaseEngine:
             # this returns, so nothing of the release runs after `run()` (bounded: the executor's kill grace).
             task.cancel()
             await asyncio.wait({task}, timeout=CANCEL_GRACE)
+            if task.done() and on_stopped is not None:
+                on_stopped()
             raise
         if not task.done():
             task.cancel()
@@ -428,6 +459,8 @@ class ReleaseEngine:
         """Move the node on; a phase that acts (a step, the probe window, the restore) is in the journal
         before it acts."""
         node.phase, node.step = phase, step
+        if phase is not Phase.STEP:
+            node.step_deadline = None
         if phase in WRITTEN_AHEAD:
             await self._record()
         await self._update(f"{node.address}: {line}")
@@ -441,6 +474,7 @@ class ReleaseEngine:
     async def _release_node(self, node: NodeState, batch: tuple[ServerAddress, ...]) -> bool:
         node.error, node.started_at = None, self.clock.now()
         self._check_lock()
+        self._acted = True
         if self.state.aborted_by:
             return True
         if not node.drained:
@@ -454,11 +488,16 @@ class ReleaseEngine:
             if not result.ok:
                 return await self._fail(node, f"drain {result.detail}; nothing else was done to it")
             node.drained = True
-            await self._phase(node, Phase.DRAIN_WAIT, "drained; waiting for nginx to stop routing to it")
-            left = await self._wait_nginx(node.address, routed=False)
+            left = await self._wait_out(node, "drained; waiting for nginx to stop routing to it")
             if left:
                 return await self._fail(node, left)
-            await self._sleep(self.app.release.drain_wait)
+        elif node.address in self._unconfirmed_drains:
+            # Drained before its bot died, maybe moments before: nginx may still route to it, and its
+            # in-flight requests may still run. The same waits as after a drain, before anything stops it.
+            self._unconfirmed_drains.discard(node.address)
+            left = await self._wait_out(node, "drained before the interruption; waiting for nginx to let it go")
+            if left:
+                return await self._fail(node, left)
         if not await self._still_drained(node):
             return await self._fail(node, "put back into traffic by someone else: not stopping a serving node")
         for step in self.plan.steps:
@@ -468,6 +507,14 @@ class ReleaseEngine:
             if not await self._run_step(node, step):
                 return False
         return await self._probe_and_restore(node)
+
+    async def _wait_out(self, node: NodeState, line: str) -> str | None:
+        """After a drain: until nginx stops routing to the node, then the drain wait (in-flight requests)."""
+        await self._phase(node, Phase.DRAIN_WAIT, line)
+        left = await self._wait_nginx(node.address, routed=False)
+        if not left:
+            await self._sleep(self.app.release.drain_wait)
+        return left
 
     async def _still_drained(self, node: NodeState) -> bool:
         """Right before the stop step: is the node still out of traffic? (Another replica, `run` from CI or
@@ -499,12 +546,26 @@ class ReleaseEngine:
 
     async def _run_step(self, node: NodeState, step: str) -> bool:
         node.stopped = True  # from the first step on, the node may not be serving its old version
+        spec = self.app.release.steps.get(step)
+        timeout = spec.timeout if spec is not None else self.app.release.step_timeout
+        node.step_deadline = self.clock.now() + timeout + STEP_KILL_MARGIN
         await self._phase(node, Phase.STEP, f"{step} ...", step)
         started = self.clock.now()
+        def stopped() -> None:
+            node.step_deadline = None
+
         try:
-            result = await self._guarded(self.executor.run(step, self._target(node.address), self._output))
+            result = await self._guarded(self.executor.run(step, self._target(node.address), self._output), stopped)
+        except asyncio.CancelledError:
+            # Cancelled (the bot is shutting down): the step was stopped on its node in time, or not. The
+            # journal says which, so whoever takes the release up knows whether it may run steps there.
+            if node.step_deadline is None:
+                await self._record(best_effort=True)
+            raise
         except StepRefused as refused:
+            node.step_deadline = None
             return await self._fail(node, f"{step} refused: {refused.message}")
+        node.step_deadline = None  # it ended on the node (a cancelled one keeps it: it may still be dying)
         node.results.append(result)
         node.durations[step] = result.duration if result.duration else self.clock.now() - started
         if not result.ok:
@@ -531,7 +592,7 @@ class ReleaseEngine:
         return await self._restore(node, released)
 
     async def _restore(self, node: NodeState, released: bool, note: str = "") -> bool:
-        await self._phase(node, Phase.RESTORING, f"restoring{note}")
+        await self._phase(node, Phase.RESTORING, f"restoring{note}", None if released else NOT_RELEASED)
         result = await self._write_down(node, False)
         if not result.ok:
             return await self._fail(node, f"restore {result.detail}")

@@ -9,6 +9,8 @@ from commands.addresses import ServerAddress
 from commands.release_plan import ReleasePlan
 from commands.steps import StepResult
 
+NOT_RELEASED = "not released"  # the step noted with a restore that puts back a node it did not release
+
 
 class Phase(enum.Enum):
     WAITING = "waiting"
@@ -52,6 +54,10 @@ class NodeState:
     drained: bool = False  # drained by this release and not restored yet
     stopped: bool = False  # its stop step ran and its start step has not succeeded since
     state_unknown: bool = False  # a write's answer was lost and Consul could not be read back
+    # While a step runs: the wall-clock time by which it is surely over on the node (its timeout, the
+    # node's kill grace). A bot taking the release up after a crash does not start the node's steps again
+    # before it: the dead bot's step may still be running there.
+    step_deadline: float | None = None
     results: list[StepResult] = field(default_factory=list)
 
     @property
@@ -75,6 +81,7 @@ class ReleaseState:
     # only restores, never continues what a person stopped.
     stopping: str | None = None
     resumed_by: str | None = None  # who continued it after its bot died
+    canary_passed: bool = False  # someone answered "continue" after the canary
     # Where a front end shows its progress (Slack: {"channel": ..., "ts": ...}); kept in the journal so a
     # bot that takes over after a crash updates the same message.
     progress: dict[str, str] | None = None

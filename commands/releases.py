@@ -33,7 +33,7 @@ from commands.release_engine import ReleaseEngine
 from commands.release_plan import ReleasePlan, plan_release
 from commands.release_state import ReleaseState
 from commands.requests import ReleaseRequest
-from commands.resume import ResumeMode, interrupted_summary, resume_point
+from commands.resume import ResumeMode, interrupted_summary, resume_point, steps_may_run_until
 from commands.settings import AppSettings
 from commands.versions import version_problem
 
@@ -103,6 +103,13 @@ class Releases:
         holder = await self.locks.holder(app)
         if holder is not None:
             raise UserError(f"Refused: {held_by(holder, app)}.")
+        interrupted = await self.interrupted(app)
+        if interrupted is not None:
+            # A new release would overwrite its journal, and with it what is left drained and stopped.
+            raise UserError(
+                f"Refused: {self.summary(interrupted)}. Take it up first: `/release resume {app}` continues it;"
+                " `--restore` restores what it left drained; `--leave` closes it as it is."
+            )
 
     async def run(self, plan: ReleasePlan, approver: str | None, notifier: Notifier) -> ReleaseState:
         """Take the app's lock and run the release to its end (the caller runs this as its own job)."""
@@ -149,6 +156,9 @@ class Releases:
             finally:
                 aborts.cancel()
                 self.active.pop(plan.app, None)
+                if self.journal is not None:
+                    with contextlib.suppress(Exception):  # a leftover abort names this release only: harmless
+                        await asyncio.wait_for(self.journal.clear_abort(plan.app, plan.id), LOCK_RELEASE_TIMEOUT)
                 await self._let_go(lock, plan.app)
                 try:
                     # Announced once the app is free again: whoever reads "finished" can start the next one.
@@ -196,33 +206,38 @@ class Releases:
 
     # -- a release whose bot died ------------------------------------------------------------------------
 
-    async def interrupted(self, app: str) -> JournalEntry | None:
-        """The app's release if its bot died: the journal says running and nobody holds the lock."""
+    async def interrupted(self, app: str, strict: bool = False) -> JournalEntry | None:
+        """The app's release if its bot died: the journal says running and nobody holds the lock.
+        `strict`: a journal Consul cannot read raises StoreError (else: None, as "nothing to take up")."""
         if self.journal is None or app in self.active:
             return None
-        entry = await self.journal.read(app)
+        entry = await self.journal.read(app, strict=strict)
         if entry is None or not entry.running or await self.locks.holder(app) is not None:
             return None
         return entry
 
-    async def newly_interrupted(self, apps: list[str]) -> list[JournalEntry]:
-        """Releases of `apps` found interrupted and not yet told: each is marked in its journal first (a
-        check-and-set), so of several replicas looking at once exactly one tells the channel."""
-        found = []
-        for app in apps:
-            entry = await self.interrupted(app)
-            if entry is None or entry.interrupted_at is not None:
-                continue
-            assert self.journal is not None
-            if await self.journal.mark_interrupted(entry, self.clock.now()):
-                found.append(entry)
-        return found
+    async def claim_interrupted(self, app: str) -> JournalEntry | None:
+        """The app's release if its bot died and nobody told it yet, now marked as told in its journal (a
+        check-and-set: of several replicas looking at once, exactly one gets it). Raises StoreError when
+        Consul cannot be read, so the caller looks again rather than taking it for "nothing"."""
+        entry = await self.interrupted(app, strict=True)
+        if entry is None or entry.interrupted_at is not None:
+            return None
+        assert self.journal is not None
+        return entry if await self.journal.mark_interrupted(entry, self.clock.now()) else None
 
     async def resume(
-        self, app_name: str, release_id: str | None, mode: ResumeMode, by: str, notifier: Notifier
+        self,
+        app_name: str,
+        release_id: str | None,
+        mode: ResumeMode,
+        by: str,
+        notifier: Notifier,
+        taken: Callable[[JournalEntry], Awaitable[None]] | None = None,
     ) -> ReleaseState:
         """Take up an interrupted release: continue it, restore what it left drained, or close it as it is.
-        Under the app's lock like any release; the journal is read again once the lock is held."""
+        Under the app's lock like any release; the journal is read again once the lock is held. `taken` is
+        called then, once it is sure this bot takes it up (the audit entry: one, however many presses)."""
         app = self.apps[app_name]
         entry = await self._interrupted_or_refuse(app_name, release_id, mode)
         assert self.journal is not None
@@ -232,9 +247,23 @@ class Releases:
             # Someone else may have taken it up and finished it while this one waited for the lock.
             now = await self._interrupted_or_refuse(app_name, entry.release_id, mode, locked=True)
             point = resume_point(now, plan, await self.store.read(app.upstream), mode)
+            if taken is not None:
+                await taken(now)
+            if self.journal is not None:
+                # An abort asked of the dead bot is not carried over to the one taking the release up.
+                with contextlib.suppress(StoreError):
+                    await self.journal.clear_abort(app_name, entry.release_id)
             return self._engine(plan, app, executor, lock, notifier, resume=(point, mode, by))
 
         return await self._under_lock(plan, by, engine, notifier, retries=LOCK_DELAY_RETRIES)
+
+    async def resume_refusal(self, app: str, release_id: str | None, mode: ResumeMode) -> str | None:
+        """Why `mode` cannot be done now (nothing to take up, a step may still run, ...), or None."""
+        try:
+            await self._interrupted_or_refuse(app, release_id, mode)
+        except UserError as error:
+            return error.message
+        return None
 
     async def _interrupted_or_refuse(
         self, app: str, release_id: str | None, mode: ResumeMode, locked: bool = False
@@ -251,6 +280,13 @@ class Releases:
                 f"No interrupted release of {app} to {mode.value} (it was taken up already, or never "
                 f"interrupted); `/release status {app}` shows the last one."
             )
+        until = steps_may_run_until(entry)
+        if mode is not ResumeMode.LEAVE and until is not None and until > self.clock.now():
+            raise UserError(
+                f"Not yet: the step its bot started may still be running on its node until {_when(until)} "
+                f"(the step's timeout). {mode.value.capitalize()} then; `--leave` closes it now without "
+                "touching any node."
+            )
         if mode is ResumeMode.RESUME and entry.stopping:
             raise UserError(
                 f"{entry.title} was being stopped ({entry.stopping}) when its bot died: it is not continued. "
@@ -258,9 +294,8 @@ class Releases:
             )
         return entry
 
-    @staticmethod
-    def summary(entry: JournalEntry) -> str:
-        return interrupted_summary(entry)
+    def summary(self, entry: JournalEntry) -> str:
+        return interrupted_summary(entry, self.clock.now())
 
     async def status(self, app: str) -> ReleaseStatusReport:
         engine = self.active.get(app)

@@ -5,20 +5,27 @@ done) may be anywhere from "not drained yet" to "restored": Consul says which. T
 - drained in Consul: the node is this release's, drained and possibly stopped. Resume runs its sequence
   again from `stop` (steps must be safe to repeat); Restore starts it, probes it, and restores it only
   when healthy; Leave leaves it drained.
-- serving in Consul after its restore was written: it was probed healthy and put back: released.
+- serving in Consul after its restore was written: it was probed healthy and put back: released (or
+  "restored, not released" when that restore was a recovery).
+- drained in Consul while the journal says only "draining" (the bot died between its drain and the
+  record that follows it, or someone else drained it meanwhile): whose drain it was is unknown, so the
+  node is left drained and untouched, and named.
 - serving in Consul otherwise (the drain never landed, or a person put it back): it is run from the
   start like a node not reached yet, drain and guards included.
+A step the dead bot started may still be running on its node (a remote command outlives its client
+until its own timeout): nothing is run on that node before the step's deadline, kept in the journal.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass
 
 from commands.addresses import ServerAddress
 from commands.journal import JournalEntry, JournalNode
 from commands.release_plan import ReleasePlan
-from commands.release_state import Phase, ReleaseState, Status
+from commands.release_state import NOT_RELEASED, Phase, ReleaseState, Status
 from commands.servers import Upstream
 
 
@@ -52,13 +59,27 @@ def where_interrupted(entry: JournalEntry) -> str:
     return f"at {nodes[0].address}{others} during {during}"
 
 
-def interrupted_summary(entry: JournalEntry) -> str:
+def steps_may_run_until(entry: JournalEntry) -> float | None:
+    """When the last step the dead bot started is surely over on its node (None: none was running)."""
+    deadlines = [n.step_deadline for n in entry.nodes if n.step_deadline is not None and n.phase == "running"]
+    return max(deadlines) if deadlines else None
+
+
+def interrupted_summary(entry: JournalEntry, now: float) -> str:
     """One line a person reads first: what was interrupted, where, and how far it got."""
     version = f"version {entry.version}, " if entry.version else ""
     return (
         f"{entry.title} ({version}started by {entry.requester}) was interrupted {where_interrupted(entry)}; "
-        f"{entry.done} of {len(entry.nodes)} node(s) done"
+        f"{entry.done} of {len(entry.nodes)} node(s) done{still_running_note(entry, now)}"
     )
+
+
+def still_running_note(entry: JournalEntry, now: float) -> str:
+    until = steps_may_run_until(entry)
+    if until is None or until <= now:
+        return ""
+    at = time.strftime("%H:%M:%S UTC", time.gmtime(until))
+    return f" (the step it started may still run on its node until {at}: Resume and Restore wait until then)"
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,8 @@ class ResumePoint:
 def resume_point(entry: JournalEntry, plan: ReleasePlan, upstream: Upstream, mode: ResumeMode) -> ResumePoint:
     state = ReleaseState.new(plan, entry.started_at, entry.approver)
     state.progress = dict(entry.progress) if entry.progress else None
+    state.canary_passed = entry.canary_passed
+    state.stopping = entry.stopping
     state.status = Status.RUNNING
     hand: list[ServerAddress] = []
     for journal_node in entry.nodes:
@@ -84,7 +107,13 @@ def resume_point(entry: JournalEntry, plan: ReleasePlan, upstream: Upstream, mod
         if not in_hand(journal_node):
             continue
         entry_now = upstream.find(address)
-        if entry_now is not None and entry_now.drained:
+        if entry_now is not None and entry_now.drained and journal_node.phase == Phase.DRAINING.value:
+            node.phase = Phase.SKIPPED
+            node.error = (
+                "drained, but by this release (its bot died as it drained it) or by someone else is unknown: "
+                "left drained, not touched"
+            )
+        elif entry_now is not None and entry_now.drained:
             node.drained = True
             # The stop step may have run even if the journal says otherwise (it is written before each
             # step): starting a running node again is harmless, leaving a stopped one drained is not.
@@ -93,6 +122,7 @@ def resume_point(entry: JournalEntry, plan: ReleasePlan, upstream: Upstream, mod
             node.error = "interrupted: its bot died"
             hand.append(address)
         elif entry_now is not None and journal_node.phase in _RESTORE_WRITTEN:
-            node.phase = Phase.DONE  # probed healthy and put back before the bot died
+            # Probed healthy and put back before the bot died: released, unless that was a recovery.
+            node.phase = Phase.RESTORED_UNRELEASED if journal_node.step == NOT_RELEASED else Phase.DONE
         # else: serving (its drain never landed, or a person put it back): run like a node not reached.
     return ResumePoint(state, tuple(hand))

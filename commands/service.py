@@ -34,6 +34,7 @@ from commands.events import (
 from commands.grammar import usage
 from commands.history import History, HistoryEntry, NoHistory, iso, where_of
 from commands.interfaces import Clock, NginxReader, NginxView, Prober, UpstreamStore, quoted
+from commands.journal import JournalEntry
 from commands.plans import (
     CAS_ATTEMPTS,
     ChangePlan,
@@ -174,6 +175,9 @@ class CommandService:
                         f"No interrupted release of {app.name}: nothing to {mode}. "
                         f"`/release status {app.name}` shows the last one."
                     )
+                refusal = await releases.resume_refusal(app.name, entry.release_id, ResumeMode(mode))
+                if refusal:  # said before the question: nothing to confirm that would be refused
+                    raise UserError(refusal)
                 summary = releases.summary(entry)
                 await notifier.emit(ResumeRequested(app.name, entry.release_id, mode, requester, summary, reason))
                 return Outcome.PENDING
@@ -396,6 +400,17 @@ class CommandService:
         )
         return Outcome.DONE
 
+    async def resume_refusal(self, app: str, release_id: str, mode: str, who: str) -> str | None:
+        """Why `who` may not take up this release in `mode` now: asked by front ends before a press uses
+        the buttons up (resume_release asks it all again when it acts)."""
+        refusal = await self.policy.change_refusal(who, [app], "release")
+        if refusal or mode not in {m.value for m in ResumeMode}:
+            return refusal or f"`{mode}` is not a way to take up a release (resume, restore, leave)."
+        try:
+            return await self._releases().resume_refusal(app, release_id, ResumeMode(mode))
+        except StoreError as error:
+            return f"Consul cannot be read ({error.message}); nothing was changed."
+
     async def resume_release(
         self, app: str, release_id: str, mode: str, by: str, notifier: Notifier, reason: str | None = None
     ) -> Outcome:
@@ -405,14 +420,11 @@ class CommandService:
             return Outcome.REFUSED
         how = ResumeMode(mode)
         releases = self._releases()
+        async def taken(entry: JournalEntry) -> None:  # under the lock: a second press is refused unrecorded
+            await self.record(notifier, app, f"release.{how.value}", by, release_id, reason=reason, outcome=entry.title)
+
         try:
-            # Recorded only when there is something to take up (a second press is refused unrecorded).
-            entry = await releases.interrupted(app)
-            if entry is not None and entry.release_id == release_id:
-                await self.record(
-                    notifier, app, f"release.{how.value}", by, release_id, reason=reason, outcome=entry.title
-                )
-            state = await releases.resume(app, release_id, how, by, notifier)
+            state = await releases.resume(app, release_id, how, by, notifier, taken)
         except UserError as error:
             await notifier.emit(Problem(error.message))
             return Outcome.REFUSED
@@ -420,7 +432,10 @@ class CommandService:
             await notifier.emit(Problem(f"The release of {app} was not taken up: {error.message}"))
             return Outcome.FAILED
         await self._record_end(notifier, state)
-        return Outcome.DONE if state.status is Status.SUCCEEDED or how is not ResumeMode.RESUME else Outcome.FAILED
+        if how is ResumeMode.LEAVE:
+            return Outcome.DONE
+        ok = state.status is Status.SUCCEEDED or (how is ResumeMode.RESTORE and not state.left_drained)
+        return Outcome.DONE if ok else Outcome.FAILED
 
     async def decide(self, app: str, decision_id: str, decision: str, by: str, notifier: Notifier) -> Outcome:
         if await self._refused(notifier, await self.policy.change_refusal(by, [app], "steer a release of")):

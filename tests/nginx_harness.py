@@ -229,6 +229,7 @@ class ConsulWatcher(threading.Thread):
         self.folder = f"{prefix}/{nginx.upstream}/"
         self.reloads = 0
         self._halt = threading.Event()
+        self._held = threading.Event()  # `hold()`: nginx keeps what it has (a slow or stuck upsync)
 
     def read(self, index: int = 0) -> tuple[int, dict[str, bool]]:
         params = {"recurse": "1", "index": str(index), "wait": "2s"} if index else {"recurse": "1"}
@@ -256,9 +257,21 @@ class ConsulWatcher(threading.Thread):
             if new_index < index:
                 new_index = 0  # index went backwards: start over (Consul's rule)
             index = new_index
+            if self._held.is_set():
+                while self._held.is_set() and not self._halt.wait(0.05):
+                    pass  # held: nothing read, nothing rendered (bounded by stop())
+                index = 0  # let go: the next read answers at once with what Consul holds then
+                continue
             if servers and self.nginx.render(servers):
                 self.nginx.reload()
                 self.reloads += 1
+
+    def hold(self) -> None:
+        """nginx stops following Consul (keeps routing as it did) until `let_go()`."""
+        self._held.set()
+
+    def let_go(self) -> None:
+        self._held.clear()
 
     def stop(self) -> None:
         self._halt.set()

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,21 @@ def serve_process(
 ) -> Iterator[str]:
     """`upstream-bot serve --http` as a process on a free port, with the stand-ins' addresses; its URL.
     Its log (less the scheduler's lines) is printed at the end: pytest shows it when a test failed."""
+    with served(folder, config_text, consul_url, slack_url, env) as running:
+        yield running.url
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    process: subprocess.Popen[bytes]  # for a test that kills it (SIGKILL) as a crash would
+
+
+@contextmanager
+def served(
+    folder: Path, config_text: str, consul_url: str, slack_url: str, env: dict[str, str] | None = None
+) -> Iterator[Served]:
+    """`serve_process`, also giving the process itself."""
     config = folder / "upstream-bot.yml"
     config.write_text(config_text)
     port = free_port()
@@ -140,7 +156,7 @@ def serve_process(
         )
         if process.poll() is not None:
             raise AssertionError(log_path.read_text())
-        yield f"http://127.0.0.1:{port}"
+        yield Served(f"http://127.0.0.1:{port}", process)
     finally:
         stop([process])  # type: ignore[list-item]
         log.close()

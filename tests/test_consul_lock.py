@@ -121,3 +121,15 @@ async def test_a_silent_consul_loses_the_lock_after_the_ttl_and_not_before(
     assert first_lost >= renewed_by_consul + 10 - 0.25  # ... which Consul got moments later
     consul.server.call(setattr, consul.standin.faults, "delay", 0.0)  # lets the held requests go
     await asyncio.wait_for(lock.release(), timeout=10)  # best effort, does not raise
+
+
+async def test_a_lock_session_has_no_health_check_that_could_end_it_before_its_holder_knows(consul: Consul) -> None:
+    """Consul ties a session to the node's serfHealth unless told otherwise; a failing check would end it
+    while its holder, counting only the TTL, still acts as if it held the lock."""
+    lock = await ConsulLockManager(ConsulStore((consul.url,))).acquire(info("r1"))
+    try:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            answer = await client.get(f"{consul.url}/v1/session/info/{lock.session}")
+        assert answer.json()[0]["NodeChecks"] == []
+    finally:
+        await lock.release()

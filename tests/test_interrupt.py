@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -42,6 +42,13 @@ def drained(consul_url: str, prefix: str = "upstreams/app/") -> dict[str, int]:
     }
 
 
+def journal(consul_url: str) -> dict[str, Any]:
+    """The release journal of `app`, as any process reads it from Consul."""
+    response = httpx.get(f"{consul_url}/v1/kv/upstream-bot/releases/app", timeout=5, trust_env=False)
+    response.raise_for_status()
+    return dict(json.loads(base64.b64decode(response.json()[0]["Value"])))
+
+
 def marker_sleep(seconds: int) -> str:
     """A `sleep` whose command line is unique to this test, so /proc tells whether it still runs."""
     return f"sleep {seconds}.{random.randrange(10**8):08d}"
@@ -57,7 +64,7 @@ class Nodes:
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{p}" for p in self.ports]
 
-    def config(self, deploy: str, start: str | None = None) -> Path:
+    def config(self, deploy: str, start: str | None = None, step_timeout: str | None = None) -> Path:
         where = f"--state-dir {shlex.quote(str(self.folder))}"
         steps = {
             "stop": f"{SAMPLE} stop --port {{port}} {where}",
@@ -71,7 +78,9 @@ class Nodes:
             "    health:\n      url: http://{host}:{port}/ping\n      interval: 300ms\n      timeout: 300ms\n"
             "      window: 10s\n"
             "    nginx:\n      upsync_interval: 100ms\n"
-            "    release:\n      executor: local\n      drain_wait: 100ms\n      steps:\n"
+            "    release:\n      executor: local\n      drain_wait: 100ms\n"
+            + (f"      step_timeout: {step_timeout}\n" if step_timeout else "")
+            + "      steps:\n"
             + "".join(f"        {name}: {json.dumps(command)}\n" for name, command in steps.items())
         )
         return path
@@ -276,7 +285,8 @@ def test_a_bot_killed_mid_release_leaves_no_worse_and_another_process_resumes_it
     gate = nodes.folder / "deploy-may-finish"
     marker = f"upstream-bot-deploy-{random.randrange(10**8):08d}"  # unique to this run, for /proc
     deploy = gated(gate, marker)  # blocks until the gate exists
-    config = nodes.config(deploy)
+    # A short step timeout: the dead bot's deploy may run until it (+ 10 s), and Resume waits for that.
+    config = nodes.config(deploy, step_timeout="8s")
     cli = run_release(nodes, config)
     wait_until(lambda: processes_matching(marker), 30, "the deploy step running")
     node = the_drained_node(nodes)
@@ -298,6 +308,14 @@ def test_a_bot_killed_mid_release_leaves_no_worse_and_another_process_resumes_it
         assert "/release resume app" in seen  # what to do about it
         assert drained(nodes.consul.url)[node] == 1  # nothing put it back behind anyone's back
         gate.touch()
+        deadline = max(n.get("step_deadline") or 0 for n in journal(nodes.consul.url)["nodes"])
+        assert deadline > 0  # the deploy was running: the journal says until when it may run on
+        if time.time() < deadline - 2:  # a first try well within it is refused, saying until when
+            early = Cli(["run", "/release resume app", "--yes"], nodes.folder, env)
+            code = early.wait(30)
+            print(early.output)
+            assert code == 1 and "Not yet" in early.output and drained(nodes.consul.url)[node] == 1
+        wait_until(lambda: time.time() > deadline, 30, "the dead bot's step deadline")
         resume = Cli(["run", "/release resume app", "--yes"], nodes.folder, env)
         code = resume.wait(90)
         out = resume.output

@@ -17,11 +17,12 @@ from bot.consul.lock import ConsulLockManager
 from bot.consul.store import ConsulStore
 from bot.executors.local import LocalExecutor
 from commands.access import AccessPolicy
-from commands.events import AbortRequested, Notice, Problem, ReleaseFinished, ResumeRequested
+from commands.events import AbortRequested, DecisionNeeded, Notice, Problem, ReleaseFinished, ResumeRequested
 from commands.grammar import parse_line
 from commands.history import MemoryHistory
 from commands.release_state import Status
 from commands.releases import Releases
+from commands.requests import ReleaseRequest
 from commands.service import CommandService, Outcome
 from tests.conftest import Consul
 from tests.helpers import RecordingNotifier, processes_matching, wait_gone
@@ -70,13 +71,14 @@ async def interrupted_release(rig: Rig, consul: Consul) -> Replica:
 async def test_two_replicas_looking_at_once_tell_an_interrupted_release_once(rig: Rig, consul: Consul) -> None:
     other = await interrupted_release(rig, consul)
     third = replica(rig, consul, "test:3")
-    found = await asyncio.gather(other.releases.newly_interrupted(["app"]), third.releases.newly_interrupted(["app"]))
-    assert sorted(len(f) for f in found) == [0, 1]
-    (entry,) = found[0] or found[1]
+    found = await asyncio.gather(other.releases.claim_interrupted("app"), third.releases.claim_interrupted("app"))
+    assert sum(f is not None for f in found) == 1
+    entry = found[0] or found[1]
+    assert entry is not None
     summary = other.releases.summary(entry)
     assert f"interrupted at {rig.nodes[0]} during deploy" in summary and "0 of 3 node(s) done" in summary
     assert "started by U1ALICE" in summary and "version 2" in summary
-    assert await other.releases.newly_interrupted(["app"]) == []  # told once, also on later looks
+    assert await other.releases.claim_interrupted("app") is None  # told once, also on later looks
 
 
 async def test_resume_runs_the_interrupted_node_again_from_its_stop_then_the_rest(rig: Rig, consul: Consul) -> None:
@@ -116,6 +118,7 @@ async def test_two_resumes_at_once_run_the_release_once(rig: Rig, consul: Consul
     )
     assert sorted(o.name for o in outcomes) == ["DONE", "REFUSED"]
     assert len(a.of(ReleaseFinished) + b.of(ReleaseFinished)) == 1
+    assert (other.history.whats() + third.history.whats()).count("release.resume") == 1  # one entry, one run
     assert all(down(consul, n) == 0 for n in rig.nodes)
 
 
@@ -180,10 +183,91 @@ async def test_the_bot_that_lost_a_release_can_take_it_up_after_another_replica_
     """The first bot lived on (it lost its lock: Consul was away longer than the TTL); another replica
     marked the release interrupted. The first bot's own idea of the journal is stale, and must not stop it."""
     other = await interrupted_release(rig, consul)
-    (entry,) = await other.releases.newly_interrupted(["app"])
+    entry = await other.releases.claim_interrupted("app")
+    assert entry is not None
     rig.gate.touch()
     notifier = RecordingNotifier()
     assert await rig.service.resume_release("app", entry.release_id, "resume", "U1ALICE", notifier) is Outcome.DONE
     (finished,) = notifier.of(ReleaseFinished)
     assert finished.state.status is Status.SUCCEEDED, finished.state.message
     assert all(down(consul, n) == 0 for n in rig.nodes)
+
+
+async def test_a_new_release_is_refused_while_an_interrupted_one_stands(rig: Rig, consul: Consul) -> None:
+    """A new release would overwrite the journal, the only record of what the dead one left drained."""
+    other = await interrupted_release(rig, consul)
+    asked = RecordingNotifier()
+    assert await other.service.handle(parse_line("/release app --version 3"), "U3OPS", asked) is Outcome.REFUSED
+    refusal = asked.of(Problem)[0].text
+    assert "was interrupted at" in refusal and "/release resume app" in refusal
+    journal = await other.releases.journal.read("app")
+    assert journal is not None and journal.running and journal.version == "2"  # still the interrupted one
+
+
+async def test_an_abort_is_in_the_journal_at_once_and_a_resume_does_not_continue_it(rig: Rig, consul: Consul) -> None:
+    task, _ = await start(rig)
+    engine = rig.releases.engine("app")
+    assert engine is not None and engine.abort("U3OPS")
+    other = replica(rig, consul)
+
+    async def stopping_recorded() -> bool:
+        entry = await other.releases.journal.read("app")
+        return entry is not None and entry.stopping == "aborted by U3OPS"
+
+    for _ in range(100):  # bounded: 5 s; the deploy is still running (gated) all along
+        if await stopping_recorded():
+            break
+        await asyncio.sleep(0.05)
+    assert await stopping_recorded() and processes_matching(rig.marker)
+    await die(rig, task)
+    entry = await other.releases.interrupted("app")
+    assert entry is not None
+    notifier = RecordingNotifier()
+    outcome = await other.service.resume_release("app", entry.release_id, "resume", "U3OPS", notifier)
+    assert outcome is Outcome.REFUSED and "was being stopped (aborted by U3OPS)" in notifier.of(Problem)[0].text
+    assert down(consul, rig.nodes[0]) == 1 and down(consul, rig.nodes[1]) == 0  # nothing continued
+    restored = RecordingNotifier()
+    await other.service.resume_release("app", entry.release_id, "restore", "U3OPS", restored)
+    assert all(down(consul, n) == 0 for n in rig.nodes)
+
+
+async def test_a_resume_that_cannot_start_leaves_the_release_interrupted(rig: Rig, consul: Consul) -> None:
+    """Its preflight fails (a node still to do left the upstream): nothing is touched, and Restore and Leave
+    stay possible rather than the release ending with its node drained and stopped."""
+    other = await interrupted_release(rig, consul)
+    entry = await other.releases.interrupted("app")
+    assert entry is not None
+    consul.server.call(consul.standin.kv.pop, f"upstreams/app/{rig.nodes[2]}")  # scaled in meanwhile
+    notifier = RecordingNotifier()
+    outcome = await other.service.resume_release("app", entry.release_id, "resume", "U3OPS", notifier)
+    (finished,) = notifier.of(ReleaseFinished)
+    assert outcome is Outcome.FAILED and "still interrupted" in finished.state.message
+    assert f"{rig.nodes[2]}: no longer in app" in finished.state.message
+    assert down(consul, rig.nodes[0]) == 1
+    assert await other.releases.interrupted("app") is not None  # still there to Restore or Leave
+    left = RecordingNotifier()
+    assert await other.service.resume_release("app", entry.release_id, "leave", "U3OPS", left) is Outcome.DONE
+
+
+async def test_a_canary_question_left_open_by_a_dead_bot_is_asked_again(rig: Rig, consul: Consul) -> None:
+    rig.gate.touch()  # deploys go through
+    notifier = RecordingNotifier()
+    plan = await rig.releases.plan(rig.service.apps["app"], ReleaseRequest("app", canary=True, version="2"), "U1ALICE")
+    rig.nodes = [str(a) for a in plan.nodes]
+    task = asyncio.ensure_future(rig.service.start_release(plan, 1, "U1ALICE", notifier))
+    await rig.until(lambda: bool(notifier.of(DecisionNeeded)), "the canary question")
+    await die(rig, task)
+    other = replica(rig, consul)
+    entry = await other.releases.interrupted("app")
+    assert entry is not None and entry.done == 1
+    resumed = RecordingNotifier()
+    run = asyncio.ensure_future(other.service.resume_release("app", entry.release_id, "resume", "U3OPS", resumed))
+    for _ in range(200):  # bounded: 10 s
+        if resumed.of(DecisionNeeded) or run.done():
+            break
+        await asyncio.sleep(0.05)
+    (question,) = resumed.of(DecisionNeeded)
+    assert question.kind == "canary" and down(consul, rig.nodes[1]) == 0  # asked before anything else
+    assert await other.service.decide("app", question.decision_id, "continue", "U3OPS", resumed) is Outcome.DONE
+    assert await asyncio.wait_for(run, DEADLINE) is Outcome.DONE
+    assert resumed.of(ReleaseFinished)[0].state.status is Status.SUCCEEDED

@@ -106,6 +106,27 @@ def test_a_status_report_shows_a_hostile_probe_answer_and_drain_reason_escaped()
     assert "drained by <@U1ALICE>" in everything  # the history's mention of who drained it survives
 
 
+def test_an_interrupted_release_read_from_consul_is_escaped_and_still_mentions_its_requester() -> None:
+    """The journal is read from Consul: anyone who can write there could plant markup in it."""
+    from bot.slack.release_messages import interrupted_message, journal_message
+    from commands.events import ReleaseInterrupted
+    from commands.journal import JournalEntry, JournalNode
+
+    node = JournalNode("10.0.0.1:80", "running", True, True, error=HOSTILE, step=HOSTILE)
+    entry = JournalEntry(
+        "app", "r1", f"Release {HOSTILE}", "running", HOSTILE, "U1ALICE", None, HOSTILE, 0.0, None, HOSTILE, (node,), {}
+    )
+    for text, blocks in (
+        interrupted_message(ReleaseInterrupted(entry, HOSTILE), "<@U2BOB>: "),
+        journal_message(entry, False),
+    ):
+        everything = json.dumps([text, blocks])
+        assert safe(everything) and "&lt;!channel&gt;" in everything
+    text, blocks = interrupted_message(ReleaseInterrupted(entry, HOSTILE), "")
+    assert "started by <@U1ALICE>" in text
+    assert any(b.get("type") == "actions" for b in blocks)  # Resume, Restore, Leave
+
+
 def test_a_long_history_is_summarised_within_block_kits_limits() -> None:
     entries = tuple(
         HistoryEntry(

@@ -43,9 +43,12 @@ class ConsulJournal:
         key = journal_key(app)
         # A first write may meet a replica marking the previous state "interrupted" between its read and
         # its write (the only other writer while the lock is held): read again and retry, a few times.
+        if first:
+            self._index.pop(app, None)  # whatever this bot wrote before belongs to another release
         for attempt in range(FIRST_WRITE_TRIES if first else 1):
             if first or app not in self._index:
-                self._index[app] = await self._current_index(key)
+                # Read afresh, and never over another release that has not ended.
+                self._index[app] = await self._first_index(key, state.plan.id)
             try:
                 self._index[app] = await self._put(entry, self._index[app], held)
                 return
@@ -79,6 +82,19 @@ class ConsulJournal:
             return None
         return str(data.get("by") or "another replica") if data.get("release_id") == release_id else None
 
+    async def clear_abort(self, app: str, release_id: str) -> None:
+        key = ABORTS + app
+        _, item = await self.store.call(lambda c: c.kv.get(key), f"reading {key}")
+        if not item:
+            return
+        try:
+            named = json.loads(item.get("Value") or b"{}").get("release_id")
+        except (ValueError, AttributeError):
+            named = None
+        if named == release_id:
+            modify = int(item["ModifyIndex"])
+            await self.store.call(lambda c: c.kv.delete(key, cas=modify), f"deleting {key}", write=True)
+
     async def mark_interrupted(self, entry: JournalEntry, at: float) -> bool:
         if not entry.index or not entry.running:
             return False
@@ -104,15 +120,36 @@ class ConsulJournal:
         results = (answer or {}).get("Results") or []
         return int(results[0]["KV"]["ModifyIndex"]) if results else await self._current_index(key)
 
+    async def _first_index(self, key: str, release_id: str) -> int:
+        """The index a release's first write replaces: the app's last release when it ended, or this very
+        release (taken up after its bot died). Never another release still running: its journal is what
+        tells people what it left drained."""
+        _, item = await self.store.call(lambda c: c.kv.get(key), f"reading {key}")
+        if not item:
+            return 0
+        try:
+            data = json.loads(item.get("Value") or b"{}")
+        except ValueError:
+            data = {}  # unreadable: replaced (read() ignores it too)
+        other = data.get("release_id") if isinstance(data, dict) else None
+        if other not in (None, release_id) and data.get("finished_at") is None:
+            raise StoreError(
+                f"the release journal {key} holds release {data.get('release_id')}, which has not ended "
+                "(its bot died?): `/release resume` takes it up or closes it first"
+            )
+        return int(item["ModifyIndex"])
+
     async def _current_index(self, key: str) -> int:
         _, item = await self.store.call(lambda c: c.kv.get(key), f"reading {key}")
         return int(item["ModifyIndex"]) if item else 0
 
-    async def read(self, app: str) -> JournalEntry | None:
+    async def read(self, app: str, strict: bool = False) -> JournalEntry | None:
         key = journal_key(app)
         try:
             _, item = await self.store.call(lambda c: c.kv.get(key), f"reading {key}")
         except StoreError as error:
+            if strict:
+                raise
             log.warning("cannot read the release journal %s: %s", key, error.message)
             return None
         if not item:

@@ -36,7 +36,10 @@ async def create_session(
     # keeps our idea of the deadline no later than Consul's.
     sent = time.monotonic()
     session = await store.call(
-        lambda c: c.session.create(name=name, behavior="release", ttl=ttl, lock_delay=lock_delay),
+        # No health checks (Consul's default ties a session to the node's serfHealth): a check could end the
+        # session early, before the holder's own TTL count tells it so, and then two holders could act at
+        # once. With the TTL alone, the holder always learns of the loss first (see KeptSession).
+        lambda c: c.session.create(name=name, behavior="release", ttl=ttl, lock_delay=lock_delay, checks=[]),
         "creating a lock session",
     )
     return str(session), sent

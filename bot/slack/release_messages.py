@@ -6,6 +6,7 @@ Versions, addresses, step output, probe details and reasons are outside text: es
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from bot.slack.blocks import MAX_BLOCKS, Blocks, Message, actions, button, code_sections, context, dialog, section
@@ -23,7 +24,7 @@ from commands.events import (
 from commands.journal import JournalEntry
 from commands.release_plan import ReleasePlan
 from commands.release_state import Phase, ReleaseState, Status
-from commands.resume import where_interrupted
+from commands.resume import still_running_note, where_interrupted
 
 
 def release_plan_message(plan: ReleasePlan, key: str, stage: int = 1, dry_run: bool = False) -> Message:
@@ -228,6 +229,7 @@ def interrupted_message(event: ReleaseInterrupted, who: str) -> Message:
     summary = (
         f"*{escape(entry.title)}* ({version}started by {mention(entry.requester)}) was interrupted "
         f"{escape(where_interrupted(entry))}; {entry.done} of {len(entry.nodes)} node(s) done"
+        f"{escape(still_running_note(entry, time.time()))}"
     )
     text = (
         f":warning: {who}{summary}. Its bot died; nothing is being done to {app} now. "

@@ -53,8 +53,8 @@ class Steering:
             return
         reason = value.get("reason")
         label = RESUME_CHOICES[mode][0]
-        refusal = await self.front.service.policy.change_refusal(user, [app], "release")
-        if refusal:  # refused before the buttons go: someone allowed must still find them
+        refusal = await self.front.service.resume_refusal(app, str(value["release_id"]), mode, user)
+        if refusal:  # refused before the buttons go: someone allowed (or later) must still find them
             await notifier.emit(Problem(refusal))
             return
         text = f"{label} of the interrupted release of {escape(app)} chosen by {mention(user)}."

@@ -72,6 +72,7 @@ class _Session:
     create_index: int
     expires_at: float | None = None
     node: str = "standin"
+    node_checks: tuple[str, ...] = ("serfHealth",)  # Consul's default; `"checks": []` asks for none
 
 
 @dataclass
@@ -572,7 +573,7 @@ class ConsulStandIn:
             "TTL": f"{s.ttl:g}s" if s.ttl else "",
             "CreateIndex": s.create_index,
             "ModifyIndex": s.create_index,
-            "NodeChecks": ["serfHealth"],
+            "NodeChecks": list(s.node_checks),
             "ServiceChecks": None,
         }
 
@@ -595,6 +596,9 @@ class ConsulStandIn:
             return web.Response(status=400, text=f"Invalid Behavior setting '{behavior}'")
         lock_delay = _duration(str(body.get("lockdelay", "15s")))
         session = _Session(str(uuid.uuid4()), str(body.get("name") or ""), ttl, behavior, lock_delay, self._bump())
+        checks = body.get("nodechecks", body.get("checks"))
+        if isinstance(checks, list):
+            session.node_checks = tuple(str(c) for c in checks)
         if ttl:
             session.expires_at = time.monotonic() + ttl
         self.sessions[session.id] = session
