@@ -14,8 +14,8 @@ that moves from round to round, and times, on the wall clock:
   to the TTL and to the floor. The difference is the bot's own part: the surviving replica looks at the
   lock keys once a second, reads and marks the journal, and posts.
 
-After each round the release is closed with its Restore button on the survivor and the killed replica is
-started again (as its supervisor would). Rounds are bounded (--rounds, default 3; each takes about the
+After each round the release is closed with its Leave button on the survivor, its node put back, and the
+killed replica is started again (as its supervisor would). Rounds are bounded (--rounds, default 3; each takes about the
 TTL plus a few seconds).
 
 Run: .venv/bin/python benchmarks/crash_report.py [--rounds N]
@@ -121,10 +121,13 @@ def one_round(replicas: Replicas, hold: Path, marker: str, version: str, offset:
     survivor = replicas.running[other if killed == "a" else "a"][0]
     free = wait_until(lambda: lock_holder(replicas.consul.url) is None and time.time(), 3 * TTL, "the lock freed")
     post = wait_until(lambda: interrupted_posts(slack), 3 * TTL, "the interrupted release told")[0]
-    # Closed for the next round: Restore on the survivor (the held deploy, orphaned, ends with the gate).
+    # Closed for the next round: Leave on the survivor (Restore would wait for the dead bot's step deadline,
+    # its timeout), then the node put back by hand, as an operator would once the step is gone.
     hold.unlink()
-    survivor.press("release_resume", resume_buttons(post)["restore"])
+    survivor.press("release_resume", resume_buttons(post)["leave"])
     wait_until(lambda: journal(replicas.consul).get("finished_at") is not None, 60, "the release closed")
+    for node in journal(replicas.consul)["nodes"]:
+        replicas.consul.add_server("app", node["address"])  # serving again
     wait_until(lambda: lock_holder(replicas.consul.url) is None, 30, "the lock let go")
     replicas.restart(killed)
     wait_until(lambda: not processes_matching(marker), 30, "the orphaned deploy step gone")

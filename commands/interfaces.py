@@ -104,6 +104,13 @@ class Executor(Protocol):
     async def close(self) -> None: ...
 
 
+def stops_for_sure(executor: object) -> bool:
+    """Whether a cancelled `run` returns only once the step is gone (its process group killed and reaped
+    on this machine). Remote executors only ask the node to kill it, which may not get there: a journal
+    then keeps the step's deadline."""
+    return bool(getattr(executor, "stops_on_cancel", False))
+
+
 @dataclass(frozen=True)
 class LockInfo:
     """Who holds an app's release lock (stored as the lock key's value)."""

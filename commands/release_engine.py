@@ -27,7 +27,17 @@ from commands.addresses import ServerAddress
 from commands.errors import StoreError
 from commands.events import DECISION_OPTIONS, DecisionNeeded, Event, Notifier, ReleaseUpdate, StepOutput
 from commands.health_window import HealthWindow, Verdict
-from commands.interfaces import Clock, Executor, NginxReader, Prober, ProbeResult, ReleaseLock, UpstreamStore, quoted
+from commands.interfaces import (
+    Clock,
+    Executor,
+    NginxReader,
+    Prober,
+    ProbeResult,
+    ReleaseLock,
+    UpstreamStore,
+    quoted,
+    stops_for_sure,
+)
 from commands.journal import Journal
 from commands.probing import probe_nodes
 from commands.release_plan import ReleasePlan, node_healthy, step_problems
@@ -45,10 +55,13 @@ DECISION_TIMEOUT = 3600.0  # an unanswered failure leaves the node drained after
 PREFLIGHT_CONCURRENCY = 16
 CANCEL_GRACE = 15.0  # how long a cancelled step may take to stop on its node (SIGTERM, grace, SIGKILL)
 FINAL_RECORD_ATTEMPTS = 3
+LOCK_WAIT_FOR_RECORDS = 10.0  # how long a resume that stops waits for journal writes already scheduled
 # Phases recorded in the journal before the engine acts in them (draining is recorded by its caller).
 # DRAIN_WAIT and SKIPPED right after the drain's answer: a crash after it then knows whose drain it was.
 WRITTEN_AHEAD = (Phase.DRAIN_WAIT, Phase.SKIPPED, Phase.STEP, Phase.PROBING, Phase.RESTORING)
-STEP_KILL_MARGIN = 10.0  # past a step's timeout: the node's kill grace (SIGTERM, then SIGKILL) and slack
+# Past a step's timeout: the node's kill grace (SIGTERM, then SIGKILL: 5 s), the time between this
+# deadline being taken and the step starting on the node (a journal write; a reconnect), clock skew.
+STEP_KILL_MARGIN = 15.0
 
 
 class _Stop(Exception):
@@ -109,8 +122,6 @@ class ReleaseEngine:
         self._journal_writes = asyncio.Lock()  # one write at a time: each is a check-and-set on the last
         self.state = ReleaseState.new(plan, clock.now(), approver) if resume is None else resume[0].state
         self.resume = resume
-        # Nodes a resume found drained: whether nginx stopped routing to them was never seen by this bot.
-        self._unconfirmed_drains: set[ServerAddress] = set(resume[0].in_hand) if resume is not None else set()
         if resume is not None:
             self.state.resumed_by = resume[2]
         self._decision: asyncio.Future[str] | None = None
@@ -184,6 +195,8 @@ class ReleaseEngine:
                 return await self._still_interrupted(str(stop))
             return await self._finish(Status.FAILED, str(stop))
         except StoreError as error:
+            if self.resume is not None and not self._acted:
+                return await self._still_interrupted(f"Consul: {error.message}")
             return await self._finish(Status.FAILED, f"Consul: {error.message}")
         except Exception as error:  # a bug must not leave the release "running" with nodes drained
             log.exception("release %s failed", self.plan.id)
@@ -216,7 +229,12 @@ class ReleaseEngine:
         mode, by = self.resume[1], self.resume[2]
         state.message = f"{mode.value} by {by} stopped before touching any node: {why}; still interrupted"
         await self._record(best_effort=True)  # running, as before: the interruption stands
-        state.status, state.finished_at = Status.FAILED, self.clock.now()
+        state.status = Status.FAILED  # from here an abort() schedules nothing more
+        # An abort's write scheduled before must land while the state has no end (`finished_at`): the
+        # journal keeps the release interrupted.
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=LOCK_WAIT_FOR_RECORDS)
+        state.finished_at = self.clock.now()
         await self._update(f"{self.plan.title}: {state.message}")
         return state
 
@@ -241,7 +259,15 @@ class ReleaseEngine:
                         return finished
             last = index == len(self.plan.batches) - 1
             # Asked again by a resume when its bot died before anyone answered it.
-            if self.plan.canary and index == 0 and not last and not state.aborted_by and not state.canary_passed:
+            canary = state.nodes[whole[0]]
+            if (
+                self.plan.canary
+                and index == 0
+                and not last
+                and not state.aborted_by
+                and not state.canary_passed
+                and canary.phase is Phase.DONE  # a canary left drained (a resume skipped it) was not released
+            ):
                 choice = await self._ask("canary", whole[0], "canary released: continue with the rest?")
                 if choice != "continue":
                     state.aborted_by = state.aborted_by or "canary decision"
@@ -294,9 +320,15 @@ class ReleaseEngine:
                 + (" (state unknown: Consul did not answer; check /upstream status)" if n.state_unknown else "")
                 for n in left
             )
-        elif status is not Status.SUCCEEDED:
+        elif status is not Status.SUCCEEDED and not state.unsure:
             message += "; nothing is left drained"
-        skipped = [str(n.address) for n in state.nodes.values() if n.phase is Phase.SKIPPED]
+        unsure = ", ".join(str(n.address) for n in state.unsure)
+        if unsure:
+            message += (
+                f"; left drained, by this release or by someone else (its bot died as it drained them): {unsure}: "
+                "check them and `/undrain`"
+            )
+        skipped = [str(n.address) for n in state.nodes.values() if n.phase is Phase.SKIPPED and not n.owner_unknown]
         if skipped:
             message += f"; skipped, drained by someone else (not touched, still theirs): {', '.join(skipped)}"
         state.status = status
@@ -462,7 +494,8 @@ class ReleaseEngine:
         if phase is not Phase.STEP:
             node.step_deadline = None
         if phase in WRITTEN_AHEAD:
-            await self._record()
+            # A skip acts on nothing after it (and a resume treats an unconfirmed drain as not its own).
+            await self._record(best_effort=phase is Phase.SKIPPED)
         await self._update(f"{node.address}: {line}")
 
     async def _fail(self, node: NodeState, error: str, thread: str | None = None) -> bool:
@@ -491,11 +524,11 @@ class ReleaseEngine:
             left = await self._wait_out(node, "drained; waiting for nginx to stop routing to it")
             if left:
                 return await self._fail(node, left)
-        elif node.address in self._unconfirmed_drains:
-            # Drained before its bot died, maybe moments before: nginx may still route to it, and its
-            # in-flight requests may still run. The same waits as after a drain, before anything stops it.
-            self._unconfirmed_drains.discard(node.address)
-            left = await self._wait_out(node, "drained before the interruption; waiting for nginx to let it go")
+        elif not node.out_of_traffic:
+            # Drained, but its waits never finished: a retry after a failed wait or journal write, or a
+            # node its dead bot drained (maybe moments before dying). nginx may still route to it, and its
+            # in-flight requests may still run: the same waits as after a drain, before anything stops it.
+            left = await self._wait_out(node, "drained; waiting for nginx to stop routing to it")
             if left:
                 return await self._fail(node, left)
         if not await self._still_drained(node):
@@ -514,6 +547,7 @@ class ReleaseEngine:
         left = await self._wait_nginx(node.address, routed=False)
         if not left:
             await self._sleep(self.app.release.drain_wait)
+            node.out_of_traffic = True
         return left
 
     async def _still_drained(self, node: NodeState) -> bool:
@@ -522,7 +556,7 @@ class ReleaseEngine:
         entry = (await self.store.read(self.app.upstream)).find(node.address)
         if entry is not None and entry.drained:
             return True
-        node.drained = False
+        node.drained = node.out_of_traffic = False
         return False
 
     async def _write_down(self, node: NodeState, down: bool, exclude: tuple[ServerAddress, ...] = ()) -> WriteResult:
@@ -552,7 +586,8 @@ class ReleaseEngine:
         await self._phase(node, Phase.STEP, f"{step} ...", step)
         started = self.clock.now()
         def stopped() -> None:
-            node.step_deadline = None
+            if stops_for_sure(self.executor):
+                node.step_deadline = None
 
         try:
             result = await self._guarded(self.executor.run(step, self._target(node.address), self._output), stopped)
@@ -596,7 +631,7 @@ class ReleaseEngine:
         result = await self._write_down(node, False)
         if not result.ok:
             return await self._fail(node, f"restore {result.detail}")
-        node.drained = False
+        node.drained = node.out_of_traffic = False
         already = " (someone else had put it back already)" if result.written is Written.ALREADY else ""
         await self._phase(node, Phase.ROUTE_WAIT, f"restored{already}; waiting for nginx to route to it")
         self._prefetch_guard(self._batch_of(node.address))

@@ -52,6 +52,12 @@ class NodeState:
     durations: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     drained: bool = False  # drained by this release and not restored yet
+    # nginx was seen to stop routing to it and the drain wait passed since it was drained: only then may
+    # it be stopped (a retry, or a resume of a node its dead bot drained, waits again otherwise)
+    out_of_traffic: bool = False
+    # Found drained after a crash with only "draining" journalled: this release's drain or someone else's?
+    # Left drained and untouched, and never counted as fine.
+    owner_unknown: bool = False
     stopped: bool = False  # its stop step ran and its start step has not succeeded since
     state_unknown: bool = False  # a write's answer was lost and Consul could not be read back
     # While a step runs: the wall-clock time by which it is surely over on the node (its timeout, the
@@ -98,6 +104,11 @@ class ReleaseState:
     def left_drained(self) -> list[NodeState]:
         """Nodes this release drained and did not put back (what a person must look at)."""
         return [n for n in self.nodes.values() if n.drained]
+
+    @property
+    def unsure(self) -> list[NodeState]:
+        """Nodes left drained whose drain may have been this release's (see NodeState.owner_unknown)."""
+        return [n for n in self.nodes.values() if n.owner_unknown]
 
     @property
     def released(self) -> int:

@@ -249,10 +249,6 @@ class Releases:
             point = resume_point(now, plan, await self.store.read(app.upstream), mode)
             if taken is not None:
                 await taken(now)
-            if self.journal is not None:
-                # An abort asked of the dead bot is not carried over to the one taking the release up.
-                with contextlib.suppress(StoreError):
-                    await self.journal.clear_abort(app_name, entry.release_id)
             return self._engine(plan, app, executor, lock, notifier, resume=(point, mode, by))
 
         return await self._under_lock(plan, by, engine, notifier, retries=LOCK_DELAY_RETRIES)
@@ -286,6 +282,12 @@ class Releases:
                 f"Not yet: the step its bot started may still be running on its node until {_when(until)} "
                 f"(the step's timeout). {mode.value.capitalize()} then; `--leave` closes it now without "
                 "touching any node."
+            )
+        asked = await self.journal.abort_requested(app, entry.release_id) if self.journal is not None else None
+        if mode is ResumeMode.RESUME and asked:
+            raise UserError(
+                f"An abort of {entry.title} was asked (by {asked}) before it could be carried out: it is not "
+                f"continued. `/release resume {app} --restore` restores what it left drained; `--leave` closes it."
             )
         if mode is ResumeMode.RESUME and entry.stopping:
             raise UserError(

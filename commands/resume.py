@@ -108,7 +108,7 @@ def resume_point(entry: JournalEntry, plan: ReleasePlan, upstream: Upstream, mod
             continue
         entry_now = upstream.find(address)
         if entry_now is not None and entry_now.drained and journal_node.phase == Phase.DRAINING.value:
-            node.phase = Phase.SKIPPED
+            node.phase, node.owner_unknown = Phase.SKIPPED, True
             node.error = (
                 "drained, but by this release (its bot died as it drained it) or by someone else is unknown: "
                 "left drained, not touched"

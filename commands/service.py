@@ -434,7 +434,9 @@ class CommandService:
         await self._record_end(notifier, state)
         if how is ResumeMode.LEAVE:
             return Outcome.DONE
-        ok = state.status is Status.SUCCEEDED or (how is ResumeMode.RESTORE and not state.left_drained)
+        ok = state.status is Status.SUCCEEDED or (
+            how is ResumeMode.RESTORE and not state.left_drained and not state.unsure
+        )
         return Outcome.DONE if ok else Outcome.FAILED
 
     async def decide(self, app: str, decision_id: str, decision: str, by: str, notifier: Notifier) -> Outcome:

@@ -286,7 +286,7 @@ def test_a_bot_killed_mid_release_leaves_no_worse_and_another_process_resumes_it
     marker = f"upstream-bot-deploy-{random.randrange(10**8):08d}"  # unique to this run, for /proc
     deploy = gated(gate, marker)  # blocks until the gate exists
     # A short step timeout: the dead bot's deploy may run until it (+ 10 s), and Resume waits for that.
-    config = nodes.config(deploy, step_timeout="8s")
+    config = nodes.config(deploy, step_timeout="3s")
     cli = run_release(nodes, config)
     wait_until(lambda: processes_matching(marker), 30, "the deploy step running")
     node = the_drained_node(nodes)

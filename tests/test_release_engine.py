@@ -277,3 +277,12 @@ async def test_the_next_node_waits_until_nginx_reports_the_restored_one_up() -> 
     assert r.store.writes[restored_at + 1] == ("10.0.0.2:9000", 1) and calls["n"] >= 12
 
 
+
+
+async def test_a_retry_after_nginx_kept_routing_to_the_node_waits_for_nginx_again_before_stopping_it() -> None:
+    r = await rig(answers=["retry", "leave"])
+    r.nginx.frozen.add("10.0.0.1:9000")  # nginx never lets the node go
+    state = await r.engine.run()
+    assert [d.kind for d in r.notifier.decisions()] == ["failure", "failure"]
+    assert "nginx still lists it serving" in (state.nodes[r.engine.plan.nodes[0]].error or "")
+    assert r.executor.calls == []  # the retry waited for nginx again: never stopped while routed to

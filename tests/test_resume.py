@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from dataclasses import dataclass
 
 from bot.consul.journal import ConsulJournal
@@ -271,3 +272,30 @@ async def test_a_canary_question_left_open_by_a_dead_bot_is_asked_again(rig: Rig
     assert await other.service.decide("app", question.decision_id, "continue", "U3OPS", resumed) is Outcome.DONE
     assert await asyncio.wait_for(run, DEADLINE) is Outcome.DONE
     assert resumed.of(ReleaseFinished)[0].state.status is Status.SUCCEEDED
+
+
+async def test_an_abort_asked_of_the_dead_bot_is_not_continued_by_a_resume(rig: Rig, consul: Consul) -> None:
+    """Asked while the dead bot still held the lock (so through Consul), it never reached it: a Resume
+    must not carry on a release someone asked to stop. Restore is the way."""
+    other = await interrupted_release(rig, consul)
+    entry = await other.releases.interrupted("app")
+    assert entry is not None and other.releases.journal is not None
+    await other.releases.journal.request_abort("app", entry.release_id, "U3OPS")
+    refused = RecordingNotifier()
+    assert await other.service.resume_release("app", entry.release_id, "resume", "U3OPS", refused) is Outcome.REFUSED
+    assert "An abort of" in refused.of(Problem)[0].text and down(consul, rig.nodes[1]) == 0
+    restored = RecordingNotifier()
+    assert await other.service.resume_release("app", entry.release_id, "restore", "U3OPS", restored) is Outcome.DONE
+    assert all(down(consul, n) == 0 for n in rig.nodes)
+
+
+async def test_a_journal_written_by_a_newer_bot_is_still_read(rig: Rig, consul: Consul) -> None:
+    other = await interrupted_release(rig, consul)
+    key = "upstream-bot/releases/app"
+    data = json.loads(consul.value(key) or "{}")
+    data["from_the_future"] = 1
+    for node in data["nodes"]:
+        node["also_new"] = True
+    consul.put(key, json.dumps(data))
+    entry = await other.releases.interrupted("app")
+    assert entry is not None and entry.running and len(entry.nodes) == 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 from bot.consul.pending import PendingFormatError, decode_subject, encode_subject
@@ -123,18 +123,15 @@ class ConsulJournal:
     async def _first_index(self, key: str, release_id: str) -> int:
         """The index a release's first write replaces: the app's last release when it ended, or this very
         release (taken up after its bot died). Never another release still running: its journal is what
-        tells people what it left drained."""
+        tells people what it left drained. An entry that cannot be read is replaced (and logged): read()
+        ignores it too, so nothing could take it up or close it."""
         _, item = await self.store.call(lambda c: c.kv.get(key), f"reading {key}")
         if not item:
             return 0
-        try:
-            data = json.loads(item.get("Value") or b"{}")
-        except ValueError:
-            data = {}  # unreadable: replaced (read() ignores it too)
-        other = data.get("release_id") if isinstance(data, dict) else None
-        if other not in (None, release_id) and data.get("finished_at") is None:
+        current = _parse(item, key)
+        if current is not None and current.running and current.release_id != release_id:
             raise StoreError(
-                f"the release journal {key} holds release {data.get('release_id')}, which has not ended "
+                f"the release journal {key} holds release {current.release_id}, which has not ended "
                 "(its bot died?): `/release resume` takes it up or closes it first"
             )
         return int(item["ModifyIndex"])
@@ -152,16 +149,24 @@ class ConsulJournal:
                 raise
             log.warning("cannot read the release journal %s: %s", key, error.message)
             return None
-        if not item:
-            return None
-        try:
-            data = json.loads(item.get("Value") or b"{}")
-            nodes = tuple(JournalNode(**n) for n in data.pop("nodes"))
-            data.pop("format", None)
-            entry = JournalEntry(nodes=nodes, index=int(item["ModifyIndex"]), **data)
-            if not isinstance(decode_subject(entry.plan), ReleasePlan):
-                raise PendingFormatError("not a release plan")
-            return entry
-        except (ValueError, TypeError, KeyError) as error:
-            log.warning("the release journal %s cannot be read (%s)", key, error)
-            return None
+        return _parse(item, key) if item else None
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields `cls` has: a journal written by a newer bot (more fields) is still read."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _parse(item: dict[str, Any], key: str) -> JournalEntry | None:
+    try:
+        data = json.loads(item.get("Value") or b"{}")
+        nodes = tuple(JournalNode(**_known(JournalNode, n)) for n in data.pop("nodes"))
+        data = {k: v for k, v in _known(JournalEntry, data).items() if k not in ("nodes", "index")}
+        entry = JournalEntry(nodes=nodes, index=int(item["ModifyIndex"]), **data)
+        if not isinstance(decode_subject(entry.plan), ReleasePlan):
+            raise PendingFormatError("not a release plan")
+        return entry
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        log.warning("the release journal %s cannot be read (%s)", key, error)
+        return None

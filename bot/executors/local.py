@@ -11,6 +11,8 @@ from commands.steps import StepResult, StepTarget, prepare_step
 
 
 class LocalExecutor:
+    stops_on_cancel = True  # a cancelled step's process group is killed and reaped before run() returns
+
     def __init__(self, app: AppSettings) -> None:
         self.app = app
 
