@@ -10,25 +10,65 @@ from commands.addresses import ServerAddress
 
 # upsync's defaults for a field that is missing (or for a value that is not JSON at all).
 DEFAULTS: dict[str, int] = {"weight": 1, "max_fails": 2, "fail_timeout": 10, "down": 0}
+INT_MIN = -(2**31)
+NGX_ERROR = -1
+
+
+def cjson_valueint(value: Any) -> int:
+    """cJSON's `valueint` of a parsed value: true 1; a number truncated toward zero, as C's `(int)` cast
+    (out of int's range: INT_MIN, what x86 gives); anything else (false, null, a string, an object) 0."""
+    if value is True:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if value != value or not -(2**31) <= value < 2**31:  # NaN or out of range
+        return INT_MIN
+    return int(value)
+
+
+def ngx_atoi(text: str) -> int:
+    """nginx's ngx_atoi: one or more ASCII digits and nothing else (no sign, space or point), else
+    NGX_ERROR (-1); beyond ngx_int_t's range also NGX_ERROR."""
+    if not text or not all("0" <= c <= "9" for c in text):
+        return NGX_ERROR
+    n = int(text)
+    return n if n <= 2**63 - 1 else NGX_ERROR
+
+
+def upsync_int(value: Any, default: int) -> int:
+    """weight, max_fails, fail_timeout as ngx_http_upsync_module.c reads them (upsync_parse_json): a
+    string through ngx_atoi, else cJSON's valueint when it is >= 0, else the default. (The caller then
+    applies the field's own rule for what is left invalid.)"""
+    if isinstance(value, str):
+        return ngx_atoi(value)
+    number = cjson_valueint(value)
+    return number if number >= 0 else default
+
+
+def upsync_down(value: Any) -> int:
+    """`down` as upsync reads it: cJSON's valueint when it is not 0, else a string through ngx_atoi,
+    else 0. Only 0 and 1 are valid; anything else is logged invalid and the server serves."""
+    number = cjson_valueint(value)
+    if number != 0:
+        return number
+    if isinstance(value, str):
+        return ngx_atoi(value)
+    return 0
+
+
+def _apparent(value: Any) -> Any:
+    """What a person reading the value takes it for (a numeric string as its number)."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
 
 
 def number(value: Any, default: int) -> int:
-    """upsync takes numbers or numeric strings; true counts as 1; anything else is the default."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "true":
-            return 1
-        if text == "false":
-            return 0
-        try:
-            return int(float(text))
-        except ValueError:
-            return default
-    return default
+    """A value as upsync takes it for a numeric field (see upsync_int)."""
+    return upsync_int(value, default)
 
 
 @dataclass(frozen=True)
@@ -54,49 +94,59 @@ class ServerEntry:
             return cls(address, {}, modify_index, invalid_value="not a JSON object")
         return cls(address, parsed, modify_index)
 
-    def _get(self, name: str) -> int:
-        # upsync matches field names case-insensitively.
+    def raw(self, name: str) -> tuple[bool, Any]:
+        """(present, value) of field `name`, matched case-insensitively as cJSON_GetObjectItem does."""
         for key, value in self.fields.items():
             if key.lower() == name:
-                return number(value, DEFAULTS[name])
-        return DEFAULTS[name]
+                return True, value
+        return False, None
+
+    def _get(self, name: str) -> int:
+        present, value = self.raw(name)
+        return upsync_int(value, DEFAULTS[name]) if present else DEFAULTS[name]
 
     @property
     def weight(self) -> int:
         weight = self._get("weight")
-        return weight if weight > 0 else 1  # upsync turns weight <= 0 into 1
+        return weight if weight > 0 else 1  # upsync turns weight <= 0 (and an unreadable one) into 1
 
     @property
     def max_fails(self) -> int:
-        return self._get("max_fails")
+        max_fails = self._get("max_fails")
+        return max_fails if max_fails >= 0 else DEFAULTS["max_fails"]
 
     @property
     def fail_timeout(self) -> int:
-        return self._get("fail_timeout")
+        fail_timeout = self._get("fail_timeout")
+        return fail_timeout if fail_timeout >= 0 else DEFAULTS["fail_timeout"]
 
     @property
     def down_flag(self) -> int | None:
-        """`down` as upsync reads it: exactly 0 or 1 (a number or a numeric string); None when invalid.
-        Measured on the real module: "true", "1.0", " 1", 2 and -1 are logged invalid and read as 0."""
-        for key, value in self.fields.items():
-            if key.lower() == "down":
-                if isinstance(value, bool):
-                    return None
-                if value in (0, 1) and isinstance(value, int | float) and float(value).is_integer():
-                    return int(value)
-                if value in ("0", "1"):
-                    return int(value)
-                return None
-        return 0
+        """`down` as upsync reads it: 0 or 1; None when upsync finds it invalid (and serves the server).
+        E.g. "true", "1.0", " 1", 2 and -1 are invalid; 1, "1", "01", 1.0 and true are 1."""
+        present, value = self.raw("down")
+        if not present:
+            return 0
+        down = upsync_down(value)
+        return down if down in (0, 1) else None
+
+    def misread(self) -> list[str]:
+        """Fields nginx reads otherwise than they look (so status can say what nginx uses)."""
+        found = []
+        for name, used in (("weight", self.weight), ("max_fails", self.max_fails), ("fail_timeout", self.fail_timeout)):
+            present, value = self.raw(name)
+            if present and _apparent(value) != used:
+                found.append(f"{name}={json.dumps(value)} is read by nginx-upsync-module as {used}")
+        return found
 
     @property
     def drained(self) -> bool:
-        """Out of traffic for nginx: `down` is exactly 1 (an invalid value serves, as upsync reads it)."""
+        """Out of traffic for nginx: `down` reads as 1 (an invalid value serves, as upsync reads it)."""
         return self.down_flag == 1
 
     @property
     def surely_serving(self) -> bool:
-        """`down` is exactly 0 (or absent) and the value is valid JSON: a server a guard may count on."""
+        """`down` reads as 0 (or is absent) and the value is valid JSON: a server a guard may count on."""
         return self.down_flag == 0 and self.invalid_value is None
 
     def with_down(self, down: bool) -> dict[str, Any]:

@@ -533,11 +533,13 @@ class CommandService:
             notes.append(f"key `{key}` is not IPv4:port: nginx-upsync-module skips it")
         for entry in upstream.servers:
             if entry.invalid_value is None and entry.down_flag is None:
-                raw = next(v for k, v in entry.fields.items() if k.lower() == "down")
+                _, raw = entry.raw("down")
                 notes.append(
-                    f"{entry.address}: down={json.dumps(raw)} is not 0 or 1: nginx-upsync-module logs it invalid and "
-                    "serves the server; write 0 or 1 (the bot never counts it as a serving server for its guards)"
+                    f"{entry.address}: down={json.dumps(raw)} is invalid: nginx reads this as serving "
+                    "(nginx-upsync-module logs it and serves the server); write 0 or 1. A release treats it as "
+                    "serving; the guards never count it as a serving server."
                 )
+            notes.extend(f"{entry.address}: {misread}" for misread in entry.misread())
         for status in servers:
             if status.invalid_value:
                 notes.append(

@@ -20,7 +20,7 @@ from typing import Any
 from commands.addresses import ServerAddress
 from commands.errors import StoreError, StoreUncertain
 from commands.interfaces import HeldLock, UpstreamStore
-from commands.servers import ServerEntry, Upstream, number
+from commands.servers import ServerEntry, Upstream, upsync_down
 
 ATTEMPTS = 3  # a check-and-set that loses to an unrelated rewrite is tried again this often
 
@@ -49,8 +49,9 @@ Decide = Callable[[Upstream, ServerEntry | None], "dict[str, Any] | str | None"]
 
 
 def down_of(fields: dict[str, Any]) -> bool:
+    """Whether `fields` take the server out of traffic, as upsync reads them (only a `down` of 1 does)."""
     value = next((v for k, v in fields.items() if k.lower() == "down"), 0)
-    return number(value, 0) != 0
+    return upsync_down(value) == 1
 
 
 def _witness(

@@ -16,6 +16,34 @@ def test_values_are_read_the_way_upsync_reads_them() -> None:
     assert ServerEntry.from_kv(A, b'{"weight":0}', 1).weight == 1  # upsync turns weight <= 0 into 1
 
 
+def kv(value: bytes) -> ServerEntry:
+    return ServerEntry.from_kv(A, value, 1)
+
+
+def test_down_is_read_as_upsync_parse_json_reads_it() -> None:
+    """ngx_http_upsync_module.c: cJSON's valueint when not 0, else a string through ngx_atoi (digits only),
+    else 0; only 0 and 1 are valid, anything else serves."""
+    for drained in (b"1", b'"1"', b'"01"', b"1.0", b"1.7", b"true"):
+        assert kv(b'{"down":' + drained + b"}").drained, drained
+    for serving in (b"0", b'"0"', b"0.5", b"false", b"null", b"[]", b"{}"):
+        entry = kv(b'{"down":' + serving + b"}")
+        assert not entry.drained and entry.down_flag == 0, serving
+    for invalid in (b'"true"', b'"1.0"', b'" 1"', b'""', b"2", b"-1", b'"-1"', b"1e12"):
+        entry = kv(b'{"down":' + invalid + b"}")
+        assert not entry.drained and entry.down_flag is None, invalid  # logged invalid by upsync; serving
+
+
+def test_weight_max_fails_and_fail_timeout_are_what_nginx_uses_and_status_says_so() -> None:
+    entry = kv(b'{"weight":"2.7","max_fails":-3,"fail_timeout":"30","down":0}')
+    assert (entry.weight, entry.max_fails, entry.fail_timeout) == (1, 2, 30)  # "2.7" is not digits: 1
+    assert entry.misread() == [
+        'weight="2.7" is read by nginx-upsync-module as 1',
+        "max_fails=-3 is read by nginx-upsync-module as 2",
+    ]
+    assert kv(b'{"weight":2.7}').weight == 2  # a number: truncated, as C's (int)
+    assert kv(b'{"weight":"3","max_fails":"1","fail_timeout":5}').misread() == []
+
+
 def test_an_invalid_value_is_serving_with_defaults_and_flagged() -> None:
     entry = ServerEntry.from_kv(A, b"{weight:1", 3)
     assert not entry.drained

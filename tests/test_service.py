@@ -261,3 +261,31 @@ async def test_consul_unreachable_is_a_clear_answer_that_changes_nothing(make_se
         outcome, notifier = await run(service, f"/drain 127.0.0.1:{services[0]}")
     assert outcome is Outcome.FAILED
     assert f"Consul unreachable for reading upstreams/app/: {dead}: connection refused" in notifier.of(Problem)[0].text
+
+
+async def test_a_down_value_nginx_finds_invalid_is_shown_as_serving_and_released_as_serving(
+    consul: Consul, make_service, services
+) -> None:
+    """Measured on the real module: `"down":"true"` is logged invalid and the server serves. The bot says
+    so, and a release does not skip it as "drained before the release" (it would keep the old version)."""
+    import dataclasses
+
+    from commands.release_plan import plan_release
+    from commands.requests import ReleaseRequest
+    from commands.settings import ReleaseSettings, StepSpec
+
+    odd, *rest = [f"127.0.0.1:{p}" for p in services]
+    consul.put(f"upstreams/app/{odd}", '{"weight":"2.7","max_fails":2,"fail_timeout":10,"down":"true"}')
+    for address in rest:
+        consul.add_server("app", address)
+    service = make_service()
+    _, notifier = await run(service, "/upstream status app")
+    (report,) = notifier.of(StatusReport)
+    status = next(s for s in report.servers if str(s.address) == odd)
+    assert not status.drained and status.weight == 1
+    assert any(f'{odd}: down="true" is invalid: nginx reads this as serving' in n for n in report.notes)
+    assert any(f'{odd}: weight="2.7" is read by nginx-upsync-module as 1' in n for n in report.notes)
+    upstream, view = await service.store.read("app"), await service.nginx.read("app")
+    app = dataclasses.replace(service.apps["app"], release=ReleaseSettings(steps={"stop": StepSpec("true")}))
+    plan = plan_release(app, ReleaseRequest("app", dry_run=True), "U1ALICE", upstream, {}, view)
+    assert odd in {str(a) for a in plan.nodes} and not plan.skipped
