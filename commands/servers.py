@@ -56,6 +56,36 @@ def upsync_down(value: Any) -> int:
     return 0
 
 
+VALUE_BUFFER = 1024  # upsync's buffer for a decoded value (ngx_pcalloc(ctx->pool, 1024))
+OVERSIZE = "over upsync's 1024-byte buffer"
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object as cJSON_GetObjectItem sees it: of keys equal but for case, the first one counts."""
+    kept: dict[str, Any] = {}
+    seen: set[str] = set()
+    for key, value in pairs:
+        if key.lower() not in seen:
+            seen.add(key.lower())
+            kept[key] = value
+    return kept
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # cJSON refuses NaN and Infinity: the whole value is invalid
+
+
+def parse_like_cjson(text: str) -> Any:
+    """The value as upsync's cJSON_Parse takes it, or None when it refuses it: the first JSON value
+    (cJSON ignores what follows it), duplicate keys resolved as cJSON looks them up, no NaN/Infinity."""
+    decoder = json.JSONDecoder(object_pairs_hook=_first_wins, parse_constant=_no_constant)
+    try:
+        value, _ = decoder.raw_decode(text.lstrip())
+    except ValueError:
+        return None
+    return value
+
+
 def _apparent(value: Any) -> Any:
     """What a person reading the value takes it for (a numeric string as its number)."""
     if isinstance(value, str):
@@ -83,15 +113,19 @@ class ServerEntry:
 
     @classmethod
     def from_kv(cls, address: ServerAddress, raw: bytes | str | None, modify_index: int) -> ServerEntry:
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else (raw or "")
+        data = raw if isinstance(raw, bytes) else (raw or "").encode()
+        text = data.decode("utf-8", "replace")
         if not text.strip():
             return cls(address, {}, modify_index, invalid_value="empty value")
-        try:
-            parsed = json.loads(text)
-        except ValueError:
+        parsed = parse_like_cjson(text)
+        if parsed is None:
             return cls(address, {}, modify_index, invalid_value="not JSON")
         if not isinstance(parsed, dict):
             return cls(address, {}, modify_index, invalid_value="not a JSON object")
+        if len(data) >= VALUE_BUFFER:
+            # upsync decodes the value into a 1024-byte buffer without a bound: what nginx makes of it is
+            # undefined. Read as it looks, but never counted on as serving (and flagged).
+            return cls(address, parsed, modify_index, invalid_value=f"{OVERSIZE} ({len(data)} bytes)")
         return cls(address, parsed, modify_index)
 
     def raw(self, name: str) -> tuple[bool, Any]:
@@ -158,8 +192,9 @@ class ServerEntry:
 
 
 def encode(fields: dict[str, Any]) -> str:
-    """The JSON text to store (a string: python-consul2 would form-encode a dict)."""
-    return json.dumps(fields, separators=(",", ":"))
+    """The JSON text to store (a string: python-consul2 would form-encode a dict). Never NaN or Infinity
+    (cJSON would refuse the whole value, and nginx serve the server with the defaults)."""
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ from commands.requests import (
     WatchRequest,
 )
 from commands.resume import ResumeMode
-from commands.servers import ServerEntry, Upstream
+from commands.servers import OVERSIZE, ServerEntry, Upstream
 from commands.settings import AppSettings
 from commands.watch import Incident, WatchControl
 from commands.writes import Written, delete_entry, write_entry
@@ -541,7 +541,12 @@ class CommandService:
                 )
             notes.extend(f"{entry.address}: {misread}" for misread in entry.misread())
         for status in servers:
-            if status.invalid_value:
+            if status.invalid_value and status.invalid_value.startswith(OVERSIZE):
+                notes.append(
+                    f"{status.address}: value is {status.invalid_value}: what nginx makes of it is undefined "
+                    "(it may corrupt its neighbours' settings); keep values well under 1 KB"
+                )
+            elif status.invalid_value:
                 notes.append(
                     f"{status.address}: value is {status.invalid_value}; nginx uses the defaults and serves it"
                 )

@@ -1,7 +1,14 @@
-"""A real nginx (Debian's package) with its own prefix on 127.0.0.1, whose upstream follows Consul the
-way nginx-upsync-module does: a watcher does blocking queries on the prefix and, on every change,
-rewrites an include file and runs `nginx -s reload`. It also writes what nginx loaded in upsync's
-`upstream_show` format, which nginx itself serves at /upstream_list.
+"""nginx for the end-to-end tests, and load through it.
+
+`real_nginx()`: the production stack (tests/realnginx.py): nginx built with nginx-upsync-module and
+nginx_upstream_check_module, following the Consul stand-in through a `ConsulLink` whose hold()/let_go()
+freeze nginx's view. The tests that need it skip, saying how to get it, when it is not built.
+
+The Python imitation below remains only as the fallback for what cannot run the real module (the
+benchmarks' `NginxViews`): `Nginx` is stock nginx (Debian's package) with its own prefix on 127.0.0.1,
+whose upstream follows Consul the way nginx-upsync-module does: a watcher does blocking queries on the
+prefix and, on every change, rewrites an include file and runs `nginx -s reload`. It also writes what
+nginx loaded in upsync's `upstream_show` format, which nginx itself serves at /upstream_list.
 
 `NginxViews` is the lighter stand-in for what nginx reports (no nginx process): an HTTP server that
 follows Consul the same way and serves upsync's `upstream_show` text and nginx_upstream_check_module's
@@ -15,8 +22,10 @@ whatever the timing of nginx's reload)."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -30,8 +39,26 @@ from typing import Protocol
 import httpx
 
 from bot.processes import free_port
+from tests.realnginx import UPSYNC_INTERVAL, ConsulLink, RealNginx, binary, skip_reason
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def real_nginx(
+    folder: Path, consul_url: str, servers: dict[str, bool], upstream: str = "app"
+) -> tuple[RealNginx, ConsulLink]:
+    """The real nginx started from `servers` ({address: down}, as Consul holds them) and following Consul
+    through a `ConsulLink`; skips the test, saying how to get it, when it is not built."""
+    if binary() is None:
+        import pytest
+
+        pytest.skip(skip_reason())
+    link = ConsulLink(consul_url).start()
+    try:
+        return RealNginx(folder, link, upstream).start(servers), link
+    except BaseException:
+        link.stop()
+        raise
 
 
 class Nginx:
@@ -129,9 +156,11 @@ class NginxViews:
     GET /upstream_status?format=json|csv       check_status; every listed server "up" (the check
                                                module keeps checking drained servers: they stay up)"""
 
-    def __init__(self, upstream: str = "app", port: int = 0) -> None:
+    def __init__(self, upstream: str = "app", port: int = 0, workers: int = 1) -> None:
         self.upstream = upstream
-        self.servers: dict[str, bool] = {}
+        self.servers: dict[str, bool] = {}  # worker 0's view (`render`)
+        self._views: list[dict[str, bool]] = [self.servers] + [{} for _ in range(workers - 1)]
+        self._turn = itertools.count()
         self._lock = threading.Lock()
         views = self
 
@@ -143,8 +172,8 @@ class NginxViews:
 
             def do_GET(self) -> None:
                 path, _, query = self.path.partition("?")
-                with views._lock:
-                    servers = dict(views.servers)
+                with views._lock:  # like nginx, one worker answers a request: they take turns
+                    servers = dict(views._views[next(views._turn) % len(views._views)])
                 if path == "/upstream_list":
                     body = views.upstream_show(servers, query or views.upstream)
                 elif path == "/upstream_status":
@@ -182,11 +211,18 @@ class NginxViews:
         self._server.shutdown()
         self._server.server_close()
 
-    def render(self, servers: dict[str, bool]) -> bool:
+    def render(self, servers: dict[str, bool], worker: int = 0) -> bool:
+        """What worker `worker` now holds; True when it changed."""
         with self._lock:
-            changed = servers != self.servers
-            self.servers = dict(servers)
+            view = self._views[worker]
+            changed = servers != view
+            view.clear()
+            view.update(servers)
         return changed
+
+    def worker(self, number: int) -> _Worker:
+        """A `Follower` for one worker's view: give each its own `ConsulWatcher`, as upsync polls per worker."""
+        return _Worker(self, number)
 
     def reload(self) -> None:
         return None  # the views answer from `servers` at once
@@ -219,13 +255,30 @@ class NginxViews:
         return json.dumps({"servers": {"total": len(entries), "generation": 1, "server": entries}})
 
 
-class ConsulWatcher(threading.Thread):
-    """Follows `<prefix>/<upstream>/` with blocking queries and reloads nginx on each change."""
+class _Worker:
+    def __init__(self, views: NginxViews, number: int) -> None:
+        self.views, self.number, self.upstream = views, number, views.upstream
 
-    def __init__(self, consul_url: str, nginx: Follower, prefix: str = "upstreams") -> None:
+    def render(self, servers: dict[str, bool]) -> bool:
+        return self.views.render(servers, self.number)
+
+    def reload(self) -> None:
+        return None
+
+
+class ConsulWatcher(threading.Thread):
+    """Follows `<prefix>/<upstream>/` with blocking queries and reloads nginx on each change. As each
+    upsync worker does, it waits `interval` plus a random 0-999 ms after every answer before it asks
+    again: a change reaches it at once while its query waits, one right after another a second later."""
+
+    def __init__(
+        self, consul_url: str, nginx: Follower, prefix: str = "upstreams", interval: float = UPSYNC_INTERVAL
+    ) -> None:
         super().__init__(daemon=True, name="consul-watcher")
         self.consul_url = consul_url
         self.nginx = nginx
+        self.interval = interval
+        self._random = random.Random()
         self.folder = f"{prefix}/{nginx.upstream}/"
         self.reloads = 0
         self._halt = threading.Event()
@@ -265,6 +318,7 @@ class ConsulWatcher(threading.Thread):
             if servers and self.nginx.render(servers):
                 self.nginx.reload()
                 self.reloads += 1
+            self._halt.wait(self.interval + self._random.randint(0, 999) / 1000)  # upsync's interval + jitter
 
     def hold(self) -> None:
         """nginx stops following Consul (keeps routing as it did) until `let_go()`."""
@@ -392,17 +446,23 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", default="app")
     parser.add_argument("--prefix", default="upstreams")
+    parser.add_argument("--workers", type=int, default=2, help="nginx workers, each polling Consul on its own")
+    parser.add_argument("--upsync-interval", type=float, default=UPSYNC_INTERVAL, help="seconds (+ 0-999 ms jitter)")
     args = parser.parse_args()
-    views = NginxViews(args.upstream, port=args.port)
-    watcher = ConsulWatcher(args.consul, views, args.prefix)
-    watcher.start()
+    views = NginxViews(args.upstream, port=args.port, workers=args.workers)
+    watchers = [
+        ConsulWatcher(args.consul, views.worker(n), args.prefix, args.upsync_interval) for n in range(args.workers)
+    ]
+    for watcher in watchers:
+        watcher.start()
     print(json.dumps({"listening": views.url}), flush=True)
     try:
         views.serve()
     except KeyboardInterrupt:
         pass
     finally:
-        watcher.stop()
+        for watcher in watchers:
+            watcher.stop()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""End to end with real parts: a real nginx in front of three sample services whose upstream follows
-Consul (watcher + reload, as upsync does), constant wrk load through nginx, and a serial release whose
+"""End to end with real parts: nginx built with nginx-upsync-module and nginx_upstream_check_module
+(tests/realnginx.py; 2 workers) in front of three sample services, its upstream read live from the
+Consul stand-in by upsync, constant wrk load through nginx, and a serial release whose
 steps really stop and restart the services (local executor, then over SSH). Failed requests: 0.
 The same release under the same load with the drain wait removed must show failures, so this test can
 fail. The load is wrk's short requests plus slow uploads that stay in flight at a backend for about a
@@ -35,7 +36,8 @@ from commands.requests import ReleaseRequest
 from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings
 from tests.conftest import Consul
 from tests.helpers import RecordingNotifier
-from tests.nginx_harness import ConsulWatcher, Nginx, SlowUploads, finish, wrk, wrk_failures
+from tests.nginx_harness import SlowUploads, finish, real_nginx, wrk, wrk_failures
+from tests.realnginx import ConsulLink, RealNginx
 from tests.sshd import PrivateSshd, user
 
 
@@ -43,8 +45,8 @@ from tests.sshd import PrivateSshd, user
 class Stack:
     folder: Path
     consul: Consul
-    nginx: Nginx
-    watcher: ConsulWatcher
+    nginx: RealNginx
+    watcher: ConsulLink  # upsync's link to Consul: hold() / let_go() freeze nginx's view
     ports: list[int]
 
     def versions(self) -> list[str]:
@@ -55,7 +57,8 @@ class Stack:
         path = self.folder / "upstream-bot.yml"
         path.write_text(
             "apps:\n  app:\n"
-            f"    nginx:\n      list_url: {self.nginx.url}/upstream_list\n      upsync_interval: 500ms\n"
+            f"    nginx:\n      list_url: {self.nginx.url}/upstream_list\n"
+            f"      status_url: {self.nginx.url}/upstream_status?format=json\n      upsync_interval: 500ms\n"
             "    health:\n      url: http://{host}:{port}/ping\n      interval: 500ms\n      timeout: 500ms\n"
             "      window: 15s\n      rise: 2\n"
             f"    release:\n      executor: {executor}\n      drain_wait: 1s\n      steps:\n"
@@ -71,9 +74,12 @@ def stack(tmp_path: Path, consul: Consul) -> Iterator[Stack]:
     for port in ports:
         start_sample_service(port, state_dir=tmp_path)
         consul.add_server("app", f"127.0.0.1:{port}")
-    nginx = Nginx(tmp_path / "nginx").start({f"127.0.0.1:{p}": False for p in ports})
-    watcher = ConsulWatcher(consul.url, nginx)
-    watcher.start()
+    try:
+        nginx, watcher = real_nginx(tmp_path / "nginx", consul.url, {f"127.0.0.1:{p}": False for p in ports})
+    except BaseException:
+        for port in ports:
+            stop_sample_service(port, tmp_path)
+        raise
     try:
         yield Stack(tmp_path, consul, nginx, watcher, ports)
     finally:
@@ -133,7 +139,7 @@ def test_a_serial_release_under_load_fails_no_request_local_executor(stack: Stac
     assert result.returncode == 0, result.stdout + result.stderr
     assert "succeeded: all 3 node(s) released" in result.stdout
     assert stack.versions() == ["2", "2", "2"]  # every service really was stopped, deployed and started
-    assert stack.watcher.reloads >= 6  # nginx really followed each drain and restore
+    assert stack.watcher.changes >= 7  # upsync was handed the start, each drain and each restore
     assert counts.requests > 1000 and counts.slow_requests > 50, counts
     assert counts.failures == 0 and counts.slow_failures == 0, counts
 

@@ -1,6 +1,7 @@
 """A release survives its bot, with real processes: two `upstream-bot serve --http` replicas on one Consul
-stand-in and one Slack stand-in, a real nginx in front of three sample services whose upstream follows
-Consul, constant load through nginx (wrk's short POSTs and slow uploads; `proxy_next_upstream off`, so
+stand-in and one Slack stand-in, nginx built with nginx-upsync-module and nginx_upstream_check_module
+(tests/realnginx.py) in front of three sample services, its upstream read live from Consul by upsync,
+constant load through nginx (wrk's short POSTs and slow uploads; `proxy_next_upstream off`, so
 every failed request shows), and releases whose steps really stop, deploy and start the services.
 
 The replica running a release is SIGKILLed (the lock key's value names it, host:pid) after a drain,
@@ -15,7 +16,7 @@ The stack (Consul, Slack, nginx, services, replicas) is shared by the module: ea
 every node serving and two replicas up (a killed one is started again, as its supervisor would).
 
 How each kill lands where it should (no timing luck):
-- after a drain: nginx is held (its watcher stops following Consul), so the release waits for nginx
+- after a drain: nginx is held (its link to Consul stops answering upsync), so the release waits for nginx
   to stop routing to the node it drained; killed once Consul shows that node drained.
 - during a step: the deploy step waits while the file `hold-deploy` exists.
 - during the probe window: the probe URL is a gate in front of each service's /ping that answers 503
@@ -58,7 +59,8 @@ from commands.errors import StoreError
 from commands.events import ReleaseInterrupted
 from tests.conftest import Consul
 from tests.helpers import RecordingNotifier, processes_matching, wait_until
-from tests.nginx_harness import ConsulWatcher, Nginx
+from tests.nginx_harness import real_nginx
+from tests.realnginx import ConsulLink, RealNginx
 from tests.slack_bot import Bot, confirm_key, served
 from tests.test_interrupt import drained
 from tests.test_release_e2e import Counts, Load, Stack
@@ -171,7 +173,7 @@ class Crash:
         return (
             f"consul:\n  session_ttl: {TTL:g}s\nslack:\n  channel: C0DEPLOY\naccess:\n  operators: [U1ALICE]\n"
             "apps:\n  app:\n"
-            f"    nginx:\n      list_url: {self.stack.nginx.url}/upstream_list\n      upsync_interval: 200ms\n"
+            f"    nginx:\n      list_url: {self.stack.nginx.url}/upstream_list\n      upsync_interval: 500ms\n"
             f"    health:\n      url: {self.gate.url}/{{host}}/{{port}}/ping\n      interval: 500ms\n"
             "      timeout: 500ms\n      window: 15s\n      rise: 2\n"
             # drain_wait: slow uploads stay about a second at their backend after nginx stops routing to it
@@ -301,17 +303,15 @@ def crash_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crash]:
     slack_server = ServerThread(slack.app()).start()
     ports = sorted(free_port() for _ in range(3))
     services = []
-    nginx: Nginx | None = None
-    watcher: ConsulWatcher | None = None
+    nginx: RealNginx | None = None
+    watcher: ConsulLink | None = None
     gate = ProbeGate(folder).start()
     crash: Crash | None = None
     try:
         for port in ports:
             services.append(start_sample_service(port, state_dir=folder))  # a pid file: the stop step uses it
             consul.add_server("app", f"127.0.0.1:{port}")
-        nginx = Nginx(folder / "nginx").start({f"127.0.0.1:{p}": False for p in ports})
-        watcher = ConsulWatcher(consul.url, nginx)
-        watcher.start()
+        nginx, watcher = real_nginx(folder / "nginx", consul.url, {f"127.0.0.1:{p}": False for p in ports})
         stack = Stack(folder, consul, nginx, watcher, ports)
         crash = Crash(stack, slack, slack_server.url, gate, f"upstream-bot-crash-hold-{folder.name}")
         yield crash

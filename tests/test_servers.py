@@ -55,3 +55,21 @@ def test_drain_keeps_unknown_fields_and_their_spelling() -> None:
     entry = ServerEntry.from_kv(A, b'{"weight":2,"DOWN":0,"zone":"eu-1","backup":0}', 5)
     fields = json.loads(encode(entry.with_down(True)))
     assert fields == {"weight": 2, "DOWN": 1, "zone": "eu-1", "backup": 0}
+
+
+def test_the_json_itself_is_taken_as_cjson_takes_it() -> None:
+    """cJSON_GetObjectItem: the first key equal but for case counts (json.loads would keep the last);
+    NaN is refused (nginx then serves with the defaults); what follows the first value is ignored."""
+    assert not kv(b'{"weight":1,"down":0,"down":1}').drained  # nginx serves it
+    assert kv(b'{"down":1,"down":0}').drained and not kv(b'{"down":1,"down":0}').surely_serving
+    assert kv(b'{"DOWN":1,"down":0}').drained
+    nan = kv(b'{"down":1,"x":NaN}')
+    assert nan.invalid_value == "not JSON" and not nan.drained
+    assert kv(b'{"down":1} trailing').drained
+    assert json.loads(encode(kv(b'{"DOWN":1,"down":0}').with_down(False))) == {"DOWN": 0}
+
+
+def test_a_value_over_upsyncs_buffer_is_flagged_and_never_counted_on() -> None:
+    big = kv(encode({"down": 0, "note": "x" * 1100}).encode())
+    assert big.invalid_value is not None and "1024-byte buffer" in big.invalid_value
+    assert not big.surely_serving

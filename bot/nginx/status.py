@@ -110,6 +110,9 @@ class HttpNginxReader:
         return response.text
 
     async def _checks(self, url: str, upstream: str) -> dict[str, str]:
+        if "format=" not in url:
+            # check_status answers HTML unless asked otherwise (or configured `check_status json;`).
+            url = f"{url}{'&' if '?' in url else '?'}format=json"
         text = await self._get(url)
         if "format=csv" in url:
             return parse_check_status_csv(text, upstream)
