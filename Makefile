@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 # Real servers and tools the tests run on 127.0.0.1: sshd (and key/certificate tools), nginx, wrk.
-DEBIAN_PACKAGES := openssh-server openssh-client openssl procps nginx-light wrk
+DEBIAN_PACKAGES := openssh-server openssh-client openssl procps wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # nginx with nginx-upsync-module and nginx_upstream_check_module (the production stack the end-to-end

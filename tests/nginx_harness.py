@@ -4,16 +4,11 @@
 nginx_upstream_check_module, following the Consul stand-in through a `ConsulLink` whose hold()/let_go()
 freeze nginx's view. The tests that need it skip, saying how to get it, when it is not built.
 
-The Python imitation below remains only as the fallback for what cannot run the real module (the
-benchmarks' `NginxViews`): `Nginx` is stock nginx (Debian's package) with its own prefix on 127.0.0.1,
-whose upstream follows Consul the way nginx-upsync-module does: a watcher does blocking queries on the
-prefix and, on every change, rewrites an include file and runs `nginx -s reload`. It also writes what
-nginx loaded in upsync's `upstream_show` format, which nginx itself serves at /upstream_list.
-
-`NginxViews` is the lighter stand-in for what nginx reports (no nginx process): an HTTP server that
-follows Consul the same way and serves upsync's `upstream_show` text and nginx_upstream_check_module's
-`check_status` (json and csv) for what it last read, for benchmarks that need nginx's view but not
-its proxying.
+The Python imitation below remains only for what does not need the real module (the benchmarks):
+`NginxViews` stands in for what nginx reports (no nginx process): an HTTP server whose "workers" each
+follow Consul as upsync's do (a blocking query, then `upsync_interval` plus 0-999 ms before the next)
+and serves upsync's `upstream_show` text and nginx_upstream_check_module's `check_status` (json and
+csv) for what they last read.
 
 Load: wrk (many short POSTs) and `SlowUploads` (POSTs whose body arrives over about a second, so each
 stays in flight at its backend that long: a node stopped while it still has requests fails them,
@@ -24,10 +19,8 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import os
 import random
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -38,10 +31,7 @@ from typing import Protocol
 
 import httpx
 
-from bot.processes import free_port
 from tests.realnginx import UPSYNC_INTERVAL, ConsulLink, RealNginx, binary, skip_reason
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def real_nginx(
@@ -59,84 +49,6 @@ def real_nginx(
     except BaseException:
         link.stop()
         raise
-
-
-class Nginx:
-    def __init__(self, folder: Path, upstream: str = "app") -> None:
-        self.prefix = folder
-        self.upstream = upstream
-        self.port = free_port()
-        for sub in ("logs", "tmp"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-            os.chmod(folder / sub, 0o777)
-        self.conf = folder / "nginx.conf"
-        self.include = folder / "upstream.conf"
-        self.listing = folder / "upstream_list.txt"
-        self.conf.write_text(f"""
-user root root;  # the test prefix lives under private temp folders
-worker_processes 2;
-pid {folder}/nginx.pid;
-error_log {folder}/logs/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {folder}/tmp/body;
-    proxy_temp_path {folder}/tmp/proxy;
-    fastcgi_temp_path {folder}/tmp/fastcgi;
-    uwsgi_temp_path {folder}/tmp/uwsgi;
-    scgi_temp_path {folder}/tmp/scgi;
-    include {self.include};
-    server {{
-        listen 127.0.0.1:{self.port};
-        location = /upstream_list {{ default_type text/plain; alias {self.listing}; }}
-        location / {{
-            proxy_pass http://{upstream};
-            proxy_next_upstream off;   # no silent retry on another server: every failure shows
-            proxy_request_buffering off;  # a body is passed on as it arrives: slow uploads stay in flight
-            proxy_connect_timeout 2s;
-        }}
-    }}
-}}
-""")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def render(self, servers: dict[str, bool]) -> bool:
-        """Write the upstream for {address: down}; True when it changed."""
-        lines = [f"    server {a} max_fails=0{' down' if down else ''};" for a, down in sorted(servers.items())]
-        text = f"upstream {self.upstream} {{\n" + "\n".join(lines) + "\n}\n"
-        if self.include.exists() and self.include.read_text() == text:
-            return False
-        self.include.write_text(text)
-        show = [
-            f"        server {a} weight=1 max_fails=2 fail_timeout=10s{' down' if down else ''};"
-            for a, down in sorted(servers.items())
-        ]
-        self.listing.write_text(
-            f"Upstream name: {self.upstream}; Backend server count: {len(servers)}\n" + "\n".join(show) + "\n"
-        )
-        return True
-
-    def start(self, servers: dict[str, bool]) -> Nginx:
-        self.render(servers)
-        subprocess.run([NGINX, "-p", str(self.prefix), "-c", str(self.conf)], check=True, capture_output=True)
-        for _ in range(200):
-            try:
-                httpx.get(f"{self.url}/upstream_list", timeout=1)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx did not start: {(self.prefix / 'logs/error.log').read_text()}")
-
-    def reload(self) -> None:
-        subprocess.run(
-            [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-s", "reload"], check=True, capture_output=True
-        )
-
-    def stop(self) -> None:
-        subprocess.run([NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-s", "quit"], capture_output=True)
 
 
 class Follower(Protocol):
