@@ -31,6 +31,8 @@ from typing import Protocol
 
 import httpx
 
+from commands.addresses import ServerAddress
+from commands.servers import ServerEntry
 from tests.realnginx import UPSYNC_INTERVAL, ConsulLink, RealNginx, binary, skip_reason
 
 
@@ -207,8 +209,9 @@ class ConsulWatcher(threading.Thread):
             address = item["Key"].rsplit("/", 1)[-1]
             if not re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", address):
                 continue
-            value = json.loads(base64.b64decode(item["Value"] or "") or b"{}")
-            servers[address] = bool(int(value.get("down", 0)))
+            # Read as upsync reads it (an odd value must not stop this watcher, nor be read otherwise).
+            raw = base64.b64decode(item["Value"] or "")
+            servers[address] = ServerEntry.from_kv(ServerAddress.parse(address), raw, 0).drained
         return new_index, servers
 
     def run(self) -> None:
