@@ -15,6 +15,7 @@ reason, so a rejection never depends on the modal.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.slack.calls import slack_call
@@ -40,10 +41,34 @@ class Approvals:
     def __init__(self, front: SlackFrontEnd) -> None:
         self.front = front
 
-    async def _pending(self, key: str) -> tuple[Pending, ReleasePlan]:
-        pending = await self.front.pending.check(key, approval=True)
+    async def _open(
+        self, key: str, notifier: SlackNotifier, refusal: Callable[[ReleasePlan], Awaitable[str | None]]
+    ) -> tuple[Pending, ReleasePlan] | None:
+        """The approval request `key` still waits and `refusal` finds nothing against the presser: the
+        request and its plan. Otherwise the presser is told why, and None (nothing is used up)."""
+        try:
+            pending = await self.front.pending.check(key, approval=True)
+        except ClaimRefused as refused:
+            await notifier.emit(Notice(refused.message))
+            return None
         assert isinstance(pending.subject, ReleasePlan)  # only a release plan waits for an approval
+        why = await refusal(pending.subject)
+        if why:
+            await notifier.emit(Problem(why))
+            return None
         return pending, pending.subject
+
+    async def _claim(self, key: str, user: str, verdict: str, notifier: SlackNotifier) -> bool:
+        """The first press takes the request (check-and-set in Consul); a later one is told who did."""
+        try:
+            await self.front.pending.claim(key, user, verdict, approval=True)
+        except ClaimRefused as refused:
+            await notifier.emit(Notice(refused.message))
+            return False
+        return True
+
+    def _rejection_refusal(self, user: str) -> Callable[[ReleasePlan], Awaitable[str | None]]:
+        return lambda plan: self.front.service.policy.rejection_refusal(user, plan.app, plan.requester)
 
     # -- approve ----------------------------------------------------------------------------------
 
@@ -56,20 +81,10 @@ class Approvals:
         if await self.front.outside(body, notifier):
             return
         key = str(body["actions"][0].get("value", ""))
-        try:
-            pending, plan = await self._pending(key)
-        except ClaimRefused as refused:
-            await notifier.emit(Notice(refused.message))
+        opened = await self._open(key, notifier, lambda plan: self.front.service.approval_refusal(plan, user))
+        if opened is None or not await self._claim(key, user, "approved", notifier):
             return
-        refusal = await self.front.service.approval_refusal(plan, user)
-        if refusal:
-            await notifier.emit(Problem(refusal))
-            return
-        try:
-            await self.front.pending.claim(key, user, "approved", approval=True)
-        except ClaimRefused as refused:
-            await notifier.emit(Notice(refused.message))
-            return
+        pending, plan = opened
         await self._show_verdict(pending, body, "approved", user)
         await self.front.guarded(self.front.service.approve_release(plan, user, notifier), notifier, plan.title)
 
@@ -84,15 +99,10 @@ class Approvals:
         if await self.front.outside(body, notifier):
             return
         key = str(body["actions"][0].get("value", ""))
-        try:
-            pending, plan = await self._pending(key)
-        except ClaimRefused as refused:
-            await notifier.emit(Notice(refused.message))
+        opened = await self._open(key, notifier, self._rejection_refusal(user))
+        if opened is None:
             return
-        refusal = await self.front.service.policy.rejection_refusal(user, plan.app, plan.requester)
-        if refusal:
-            await notifier.emit(Problem(refusal))
-            return
+        pending, plan = opened
         ts = pending.message[1] if pending.message else _message_ts(body)
         meta = {"key": key, "channel": notifier.channel, "ts": ts}
         trigger = body.get("trigger_id")
@@ -119,21 +129,11 @@ class Approvals:
     async def _reject(
         self, key: str, user: str, reason: str | None, notifier: SlackNotifier, body: dict[str, Any] | None
     ) -> None:
-        try:
-            pending, plan = await self._pending(key)
-        except ClaimRefused as refused:
-            await notifier.emit(Notice(refused.message))
-            return
         # Asked again: the modal may have stayed open while this person left the approvers' group.
-        refusal = await self.front.service.policy.rejection_refusal(user, plan.app, plan.requester)
-        if refusal:
-            await notifier.emit(Problem(refusal))
+        opened = await self._open(key, notifier, self._rejection_refusal(user))
+        if opened is None or not await self._claim(key, user, "rejected", notifier):
             return
-        try:
-            await self.front.pending.claim(key, user, "rejected", approval=True)
-        except ClaimRefused as refused:
-            await notifier.emit(Notice(refused.message))
-            return
+        pending, plan = opened
         await self._show_verdict(pending, body, "rejected", user, reason)
         await self.front.guarded(
             self.front.service.reject_release(plan, user, reason, notifier), notifier, f"rejecting {plan.title}"
