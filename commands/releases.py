@@ -239,13 +239,13 @@ class Releases:
         Under the app's lock like any release; the journal is read again once the lock is held. `taken` is
         called then, once it is sure this bot takes it up (the audit entry: one, however many presses)."""
         app = self.apps[app_name]
-        entry = await self._interrupted_or_refuse(app_name, release_id, mode)
+        entry = await self.takeable(app_name, release_id, mode)
         assert self.journal is not None
         plan = self.journal.plan_of(entry)
 
         async def engine(executor: Executor, lock: ReleaseLock) -> ReleaseEngine:
             # Someone else may have taken it up and finished it while this one waited for the lock.
-            now = await self._interrupted_or_refuse(app_name, entry.release_id, mode, locked=True)
+            now = await self.takeable(app_name, entry.release_id, mode, locked=True)
             point = resume_point(now, plan, await self.store.read(app.upstream), mode)
             if taken is not None:
                 await taken(now)
@@ -256,18 +256,20 @@ class Releases:
     async def resume_refusal(self, app: str, release_id: str | None, mode: ResumeMode) -> str | None:
         """Why `mode` cannot be done now (nothing to take up, a step may still run, ...), or None."""
         try:
-            await self._interrupted_or_refuse(app, release_id, mode)
+            await self.takeable(app, release_id, mode)
         except UserError as error:
             return error.message
         return None
 
-    async def _interrupted_or_refuse(
+    async def takeable(
         self, app: str, release_id: str | None, mode: ResumeMode, locked: bool = False
     ) -> JournalEntry:
-        entry = await self.journal.read(app) if self.journal is not None else None
-        if locked and entry is not None and not entry.running:
-            entry = None
-        elif not locked:
+        """The interrupted release `mode` may take up now (`release_id`: that one only), or UserError
+        saying why not. `locked`: asked again under the app's lock, just before taking it up."""
+        if locked:  # the lock is ours now: whatever still runs in the journal is this one to take up
+            entry = await self.journal.read(app) if self.journal is not None else None
+            entry = entry if entry is not None and entry.running else None
+        else:
             entry = await self.interrupted(app)
         if entry is None or (release_id is not None and entry.release_id != release_id):
             if not locked:
@@ -283,13 +285,15 @@ class Releases:
                 f"(the step's timeout). {mode.value.capitalize()} then; `--leave` closes it now without "
                 "touching any node."
             )
+        if mode is not ResumeMode.RESUME:
+            return entry
         asked = await self.journal.abort_requested(app, entry.release_id) if self.journal is not None else None
-        if mode is ResumeMode.RESUME and asked:
+        if asked:
             raise UserError(
                 f"An abort of {entry.title} was asked (by {asked}) before it could be carried out: it is not "
                 f"continued. `/release resume {app} --restore` restores what it left drained; `--leave` closes it."
             )
-        if mode is ResumeMode.RESUME and entry.stopping:
+        if entry.stopping:
             raise UserError(
                 f"{entry.title} was being stopped ({entry.stopping}) when its bot died: it is not continued. "
                 f"`/release resume {app} --restore` restores what it left drained; `--leave` closes it as it is."

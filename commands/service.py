@@ -168,16 +168,9 @@ class CommandService:
                 app = self.app(name)
                 await self._may_change(requester, [app.name], "release")
                 releases = self._releases()
-                entry = await releases.interrupted(app.name)
-                if entry is None:
-                    await releases.refuse_if_running(app.name)
-                    raise UserError(
-                        f"No interrupted release of {app.name}: nothing to {mode}. "
-                        f"`/release status {app.name}` shows the last one."
-                    )
-                refusal = await releases.resume_refusal(app.name, entry.release_id, ResumeMode(mode))
-                if refusal:  # said before the question: nothing to confirm that would be refused
-                    raise UserError(refusal)
+                # Refused before the question (nothing to take up, a step may still run, ...): nothing is
+                # asked that the confirmation would then refuse.
+                entry = await releases.takeable(app.name, None, ResumeMode(mode))
                 summary = releases.summary(entry)
                 await notifier.emit(ResumeRequested(app.name, entry.release_id, mode, requester, summary, reason))
                 return Outcome.PENDING

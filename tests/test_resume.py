@@ -21,6 +21,7 @@ from commands.access import AccessPolicy
 from commands.events import AbortRequested, DecisionNeeded, Notice, Problem, ReleaseFinished, ResumeRequested
 from commands.grammar import parse_line
 from commands.history import MemoryHistory
+from commands.journal import JournalEntry
 from commands.release_state import Status
 from commands.releases import Releases
 from commands.requests import ReleaseRequest
@@ -67,6 +68,12 @@ async def interrupted_release(rig: Rig, consul: Consul) -> Replica:
     await die(rig, task)
     assert down(consul, rig.nodes[0]) == 1 and down(consul, rig.nodes[1]) == 0  # only the node in hand
     return replica(rig, consul)
+
+
+async def taken_up_by_another(rig: Rig, consul: Consul) -> tuple[Replica, JournalEntry]:
+    """An interrupted release, and another replica that sees it (as the journal in Consul says it)."""
+    other, entry = await taken_up_by_another(rig, consul)
+    return other, entry
 
 
 async def test_two_replicas_looking_at_once_tell_an_interrupted_release_once(rig: Rig, consul: Consul) -> None:
@@ -124,9 +131,7 @@ async def test_two_resumes_at_once_run_the_release_once(rig: Rig, consul: Consul
 
 
 async def test_restore_starts_probes_and_restores_only_the_node_in_hand(rig: Rig, consul: Consul) -> None:
-    other = await interrupted_release(rig, consul)
-    entry = await other.releases.interrupted("app")
-    assert entry is not None
+    other, entry = await taken_up_by_another(rig, consul)
     notifier = RecordingNotifier()
     await other.service.resume_release("app", entry.release_id, "restore", "U3OPS", notifier)
     (finished,) = notifier.of(ReleaseFinished)
@@ -139,9 +144,7 @@ async def test_restore_starts_probes_and_restores_only_the_node_in_hand(rig: Rig
 
 
 async def test_leave_closes_the_release_and_says_what_stays_drained(rig: Rig, consul: Consul) -> None:
-    other = await interrupted_release(rig, consul)
-    entry = await other.releases.interrupted("app")
-    assert entry is not None
+    other, entry = await taken_up_by_another(rig, consul)
     notifier = RecordingNotifier()
     await other.service.resume_release("app", entry.release_id, "leave", "U3OPS", notifier)
     (finished,) = notifier.of(ReleaseFinished)
@@ -235,9 +238,7 @@ async def test_an_abort_is_in_the_journal_at_once_and_a_resume_does_not_continue
 async def test_a_resume_that_cannot_start_leaves_the_release_interrupted(rig: Rig, consul: Consul) -> None:
     """Its preflight fails (a node still to do left the upstream): nothing is touched, and Restore and Leave
     stay possible rather than the release ending with its node drained and stopped."""
-    other = await interrupted_release(rig, consul)
-    entry = await other.releases.interrupted("app")
-    assert entry is not None
+    other, entry = await taken_up_by_another(rig, consul)
     consul.server.call(consul.standin.kv.pop, f"upstreams/app/{rig.nodes[2]}")  # scaled in meanwhile
     notifier = RecordingNotifier()
     outcome = await other.service.resume_release("app", entry.release_id, "resume", "U3OPS", notifier)
@@ -277,9 +278,8 @@ async def test_a_canary_question_left_open_by_a_dead_bot_is_asked_again(rig: Rig
 async def test_an_abort_asked_of_the_dead_bot_is_not_continued_by_a_resume(rig: Rig, consul: Consul) -> None:
     """Asked while the dead bot still held the lock (so through Consul), it never reached it: a Resume
     must not carry on a release someone asked to stop. Restore is the way."""
-    other = await interrupted_release(rig, consul)
-    entry = await other.releases.interrupted("app")
-    assert entry is not None and other.releases.journal is not None
+    other, entry = await taken_up_by_another(rig, consul)
+    assert other.releases.journal is not None
     await other.releases.journal.request_abort("app", entry.release_id, "U3OPS")
     refused = RecordingNotifier()
     assert await other.service.resume_release("app", entry.release_id, "resume", "U3OPS", refused) is Outcome.REFUSED
