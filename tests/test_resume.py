@@ -72,7 +72,9 @@ async def interrupted_release(rig: Rig, consul: Consul) -> Replica:
 
 async def taken_up_by_another(rig: Rig, consul: Consul) -> tuple[Replica, JournalEntry]:
     """An interrupted release, and another replica that sees it (as the journal in Consul says it)."""
-    other, entry = await taken_up_by_another(rig, consul)
+    other = await interrupted_release(rig, consul)
+    entry = await other.releases.interrupted("app")
+    assert entry is not None
     return other, entry
 
 
