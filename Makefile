@@ -10,9 +10,9 @@ DEBIAN_PACKAGES := openssh-server openssh-client openssl procps wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # nginx with nginx-upsync-module and nginx_upstream_check_module (the production stack the end-to-end
-# tests run), built once from ../shared/realnginx (beside the repository) into .cache/realnginx. Needs
+# tests run), built once from third_party/realnginx (in this repository) into .cache/realnginx. Needs
 # root (apt-get); when it cannot be built, the tests that need it skip and say how to get it.
-REALNGINX_BUILD := ../shared/realnginx/build.sh
+REALNGINX_BUILD := third_party/realnginx/build.sh
 REALNGINX := .cache/realnginx/sbin/nginx
 
 .PHONY: run test lint bench clean system-deps realnginx
@@ -29,7 +29,7 @@ realnginx:
 	    && $(REALNGINX) -V 2>&1 | grep -q nginx_upstream_check_module; then \
 	  echo "realnginx: $(REALNGINX) already built"; \
 	elif [ ! -f $(REALNGINX_BUILD) ]; then \
-	  echo "realnginx: no $(REALNGINX_BUILD) beside the repository: the real-nginx tests will skip"; \
+	  echo "realnginx: no $(REALNGINX_BUILD): the real-nginx tests will skip"; \
 	else \
 	  PREFIX="$(abspath .cache/realnginx)" bash $(REALNGINX_BUILD) || \
 	  echo "realnginx: the build failed (root and apt-get are needed): the real-nginx tests will skip"; \

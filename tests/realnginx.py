@@ -1,8 +1,8 @@
 """The production stack for the end-to-end tests: nginx built with nginx-upsync-module and
-nginx_upstream_check_module (`make realnginx`, from ../shared/realnginx/build.sh), with its own prefix
+nginx_upstream_check_module (`make realnginx`, from third_party/realnginx/build.sh), with its own prefix
 under a temp folder, 2 workers, listening on a free 127.0.0.1 port, its upstream read live from the
 Consul stand-in by upsync and health-checked by the check module, configured as the bot expects it
-(docs: ../shared/realnginx/README.md):
+(docs: third_party/realnginx/README.md, docs/nginx.md):
 
     upsync 127.0.0.1:<port>/v1/kv/upstreams/<upstream>/ upsync_timeout=6m upsync_interval=500ms
            upsync_type=consul strong_dependency=off;
@@ -38,7 +38,7 @@ import httpx
 from bot.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-BUILD_SCRIPT = REPO.parent / "shared" / "realnginx" / "build.sh"
+BUILD_SCRIPT = REPO / "third_party" / "realnginx" / "build.sh"
 CACHED = REPO / ".cache" / "realnginx" / "sbin" / "nginx"
 UPSYNC_INTERVAL = 0.5  # seconds, as in the configuration below (the apps' nginx.upsync_interval)
 
@@ -67,8 +67,8 @@ def skip_reason() -> str:
     how = (
         "run `make realnginx` (root: it apt-gets build dependencies and `apt-get source nginx`)"
         if BUILD_SCRIPT.is_file()
-        else f"it is built by ../shared/realnginx/build.sh, which is not here ({BUILD_SCRIPT}); get that folder "
-        "beside the repository and run `make realnginx` as root, or build nginx 1.22 with "
+        else f"it is built by third_party/realnginx/build.sh, which is not here ({BUILD_SCRIPT}); restore it "
+        "from the repository and run `make realnginx` as root, or build nginx 1.22 with "
         "nginx-upsync-module and nginx_upstream_check_module (PR #93) and set UPSTREAM_BOT_REALNGINX"
     )
     return f"no nginx with nginx-upsync-module and nginx_upstream_check_module at {where}: {how}"
