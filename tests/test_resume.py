@@ -13,6 +13,8 @@ import contextlib
 import json
 from dataclasses import dataclass
 
+import httpx
+
 from bot.consul.journal import ConsulJournal
 from bot.consul.lock import ConsulLockManager
 from bot.consul.store import ConsulStore
@@ -301,3 +303,17 @@ async def test_a_journal_written_by_a_newer_bot_is_still_read(rig: Rig, consul: 
     consul.put(key, json.dumps(data))
     entry = await other.releases.interrupted("app")
     assert entry is not None and entry.running and len(entry.nodes) == 3
+
+
+async def test_a_mark_whose_answer_is_lost_is_read_back_and_the_release_still_told(rig: Rig, consul: Consul) -> None:
+    """Consul commits the "interrupted" mark and the answer never comes: the replica reads it back and
+    tells the channel (taken for "someone else marked it", the release would be marked and never told)."""
+    other, _ = await taken_up_by_another(rig, consul)
+    async with httpx.AsyncClient(trust_env=False) as client:
+        await client.put(f"{consul.url}/_standin/faults", json={"drop_writes": True})
+        try:
+            entry = await other.releases.claim_interrupted("app")
+        finally:
+            await client.put(f"{consul.url}/_standin/faults", json={"drop_writes": False})
+    assert entry is not None  # this replica tells it
+    assert await replica(rig, consul, "test:3").releases.claim_interrupted("app") is None  # and only it

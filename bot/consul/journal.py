@@ -14,7 +14,7 @@ from typing import Any
 
 from bot.consul.pending import PendingFormatError, decode_subject, encode_subject
 from bot.consul.store import ConsulStore
-from commands.errors import StoreError, StoreRejected
+from commands.errors import StoreError, StoreRejected, StoreUncertain
 from commands.interfaces import HeldLock
 from commands.journal import JournalEntry, JournalNode
 from commands.release_plan import ReleasePlan
@@ -104,6 +104,11 @@ class ConsulJournal:
             if error.status == 409:
                 return False  # another replica marked it first, or a resume took it over
             raise
+        except StoreUncertain:
+            # Committed or not, the answer was lost: read it back. Ours (this very mark) means this replica
+            # tells it; taking it for "not ours" would leave it marked and never told.
+            now = await self.read(entry.app, strict=True)
+            return now is not None and now.release_id == entry.release_id and now.interrupted_at == at
         return True
 
     async def _put(self, entry: JournalEntry, index: int, held: HeldLock | None) -> int:
