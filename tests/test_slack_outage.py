@@ -4,6 +4,7 @@ is back the progress message must show how it ended."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -210,3 +211,51 @@ def test_a_progress_message_slack_failed_is_posted_once_slack_is_back(
     assert "2 of 2 released" in shown.text
     one_progress_message(seeded, "web")
     wait_until(lambda: release_ended(seeded, "web", services[:2]), timeout=RELEASE_TIME, what="the release ending")
+
+
+async def test_an_interrupted_release_is_told_once_slack_is_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark in Consul says it was told: with Slack down at that moment, the message and the edit of
+    the progress message are retried until Slack takes them."""
+    from types import SimpleNamespace
+
+    import bot.slack.release_posts as posts
+    from bot.slack.app import make_client
+    from bot.slack.front import SlackFrontEnd
+    from bot.standins.server_thread import ServerThread
+    from bot.standins.slack import SlackStandIn
+    from commands.events import ReleaseInterrupted
+    from commands.journal import JournalEntry, JournalNode
+
+    monkeypatch.setattr(posts, "FINAL_BACKOFF", (0.2,) * 20)  # the same retries, closer together
+    slack = SlackStandIn()
+    server = ServerThread(slack.app()).start()
+    try:
+        client = make_client("xoxb-test", f"{server.url}/api/", timeout=2)
+        front = SlackFrontEnd(SimpleNamespace(apps={}), client, "C0DEPLOY")  # type: ignore[arg-type]
+        node = JournalNode("10.0.0.1:80", "running", True, True, step="deploy")
+        entry = JournalEntry(
+            "app", "r1", "Release app 7", "running", "", "U1ALICE", None, "7", 0.0, None, "host:1", (node,), {},
+            progress={"channel": "C0DEPLOY", "ts": "1700000000.000100"},
+        )
+        slack.set_faults(status=503)  # Slack is down when the replica tells it
+        await front.releases.interrupted(ReleaseInterrupted(entry, "interrupted"), "C0DEPLOY")
+        for _ in range(100):  # bounded: 5 s for a few refused tries
+            if len([c for c in slack.calls() if c.fault]) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        slack.clear_faults()  # Slack is back
+
+        def told() -> bool:
+            ok = [c for c in slack.calls() if not c.fault and "was interrupted" in c.text]
+            return {c.method for c in ok} == {"chat.postMessage", "chat.update"}
+
+        for _ in range(200):  # bounded: 10 s
+            if told():
+                break
+            await asyncio.sleep(0.05)
+        assert told()
+        updates = [c for c in slack.calls("chat.update") if not c.fault]
+        assert [c.args["ts"] for c in updates] == ["1700000000.000100"]  # the release's own message
+        assert len([c for c in slack.calls("chat.postMessage") if not c.fault]) == 1  # told once
+    finally:
+        server.stop()

@@ -3,15 +3,20 @@ progress.py), the failing step's output in its thread, the decisions it waits fo
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import TYPE_CHECKING
 
+from bot.slack.blocks import Blocks
 from bot.slack.calls import slack_call
 from bot.slack.mrkdwn import code_block, mention
-from bot.slack.progress import ProgressMessage
+from bot.slack.progress import FINAL_BACKOFF, ProgressMessage
 from bot.slack.release_messages import decision_message, failed_alert, finished_line, interrupted_message
 from commands.events import DecisionNeeded, ReleaseInterrupted
 from commands.release_plan import ReleasePlan
 from commands.release_state import ReleaseState, Status
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from bot.slack.front import SlackFrontEnd
@@ -45,11 +50,24 @@ class ReleasePosts:
         approvers = self.front.service.apps[entry.app].approvers if entry.app in self.front.service.apps else ()
         who = " ".join(mention(i) for i in dict.fromkeys([entry.requester, *approvers])) + ": "
         text, blocks = interrupted_message(event, who)
-        where = entry.progress or {}
-        if where.get("channel") and where.get("ts"):
-            call = self.front.client.chat_update(channel=where["channel"], ts=where["ts"], text=text, blocks=blocks)
-            await slack_call("chat.update", where["channel"], call)
-        await self.front.post(self.front.release_channel(origin), (text, blocks))
+        # It is marked told in Consul already: a Slack that is down must not lose it. Retried in the
+        # background with the same backoff as a release's final state (progress.FINAL_BACKOFF).
+        self.front.spawn(self._tell_interrupted(entry.progress or {}, self.front.release_channel(origin), text, blocks))
+
+    async def _tell_interrupted(self, where: dict[str, str], channel: str, text: str, blocks: Blocks) -> None:
+        edited = not (where.get("channel") and where.get("ts"))  # no progress message to edit
+        posted = False
+        for pause in (*FINAL_BACKOFF, None):
+            if not edited:
+                call = self.front.client.chat_update(channel=where["channel"], ts=where["ts"], text=text, blocks=blocks)
+                edited = await slack_call("chat.update", where["channel"], call) is not None
+            if not posted:
+                posted = await self.front.post(channel, (text, blocks)) is not None
+            if (edited and posted) or pause is None:
+                break
+            await asyncio.sleep(pause)  # backoff while Slack is down: there is nothing to poll
+        if not posted:
+            log.error("the interrupted release was not told in %s: Slack did not take it", channel)
 
     async def update(self, state: ReleaseState, thread: str | None, origin: str) -> None:
         # The thread is a failing step's output: the node's words, in a code block they cannot close.
