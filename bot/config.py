@@ -186,14 +186,19 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     )
 
     h_path = f"{path}.health"
-    h = reader.mapping(data.get("health"), h_path, ("url", "interval", "timeout", "window", "rise"))
+    h = reader.mapping(data.get("health"), h_path, ("url", "interval", "timeout", "window", "rise", "source"))
     health = HealthSettings(
         url=reader.get(h, "url", h_path, _url, None),
         interval=reader.get(h, "interval", h_path, parse_duration, 10.0),
         timeout=reader.get(h, "timeout", h_path, parse_duration, 3.0),
         window=reader.get(h, "window", h_path, parse_duration, 120.0),
         rise=reader.get(h, "rise", h_path, _positive_int(1, 100), 2),
+        source=reader.get(h, "source", h_path, _choice("probe", "nginx", "both"), "both"),
     )
+    if health.source == "nginx" and nginx.status_url is None:
+        reader.problem(f"{h_path}.source", "is nginx, but nginx.status_url is not set: set it, or use probe")
+    if health.source == "probe" and health.url is None:
+        reader.problem(f"{h_path}.source", "is probe, but health.url is not set: set it, or use nginx")
     if health.interval <= 0:
         reader.problem(f"{h_path}.interval", "must be more than 0")
     if health.timeout > health.interval > 0:

@@ -8,7 +8,7 @@ healthy within `window` of the window's start (release) or has failed continuous
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from commands.interfaces import ProbeResult
 
@@ -27,14 +27,10 @@ class HealthWindow:
     passes: int = 0
     failing_since: float | None = None  # the first failure of the current failing run
     last: ProbeResult | None = None
-    results: list[tuple[float, ProbeResult]] = field(default_factory=list)
 
     def record(self, at: float, result: ProbeResult) -> Verdict:
         """Add a probe result taken at `at`; the verdict for a release's window."""
         self.last = result
-        self.results.append((at, result))
-        if len(self.results) > 100:
-            del self.results[:-100]
         if result.healthy:
             self.passes += 1
             self.failing_since = None

@@ -72,6 +72,8 @@ class NginxView:
     checks: dict[str, str] | None = None
     listed_down: dict[str, bool] | None = None
     errors: tuple[str, ...] = ()
+    checks_error: str | None = None  # why `checks` could not be read (also in `errors`)
+    listed_error: str | None = None  # why `listed_down` could not be read (also in `errors`)
 
 
 class NginxReader(Protocol):

@@ -66,8 +66,13 @@ def node_healthy(address: ServerAddress, probes: dict[ServerAddress, ProbeResult
     probe = probes.get(address)
     if probe is not None and not probe.healthy:
         return f"probe failed ({quoted(probe.detail)})"
-    if view.checks is not None and view.checks.get(str(address)) == "down":
+    check = view.checks.get(str(address)) if view.checks is not None else None
+    if check == "down":
         return "nginx's check reports it down"
+    if check == "failing":
+        return "nginx's check failed its last check"
+    if check == "unchecked":
+        return "nginx has not checked it yet"
     return None
 
 

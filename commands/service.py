@@ -454,8 +454,25 @@ class CommandService:
             return None
         found = watch.silence(incident, until) if what == "silence" else watch.acknowledge(incident, by)
         if found is not None:
-            await self.record(notifier, app, what, by, str(found.address), outcome=f"incident {incident}")
+            target = app if found.address is None else str(found.address)  # an app-level incident: the app
+            await self.record(notifier, app, what, by, target, outcome=f"incident {incident}")
         return found
+
+    async def mark_group(
+        self, app: str, group: str, what: str, by: str, until: float, notifier: Notifier
+    ) -> list[Incident]:
+        """A grouped alert's Silence all or Acknowledge all: every open incident announced in it, with the
+        same access check as one incident's button; those marked now (none: all resolved, or acknowledged)."""
+        await self._may_change(by, [app], what)
+        watch = self.watches.watch(app) if self.watches else None
+        if watch is None:
+            return []
+        marked = watch.silence_group(group, until) if what == "silence" else watch.acknowledge_group(group, by)
+        if marked:
+            nodes = ", ".join(str(i.address) for i in marked)
+            outcome = f"grouped alert {group}: {len(marked)} incident(s)"
+            await self.record(notifier, app, what, by, nodes, outcome=outcome)
+        return marked
 
     def alerts(self, only: str | None = None) -> AlertsReport:
         names = [self.app(only).name] if only else sorted(self.apps)

@@ -24,6 +24,14 @@ class HealthSettings:
     timeout: float = 3.0
     window: float = 120.0
     rise: int = 2
+    # Where the health watch learns a node's health: its own probes of `url`, nginx's check module
+    # (`nginx.status_url`, read once per interval for the whole nginx), or both (either failing alerts).
+    source: str = "both"  # probe | nginx | both
+
+    @property
+    def probes(self) -> bool:
+        """The watch probes the nodes itself."""
+        return self.url is not None and self.source in ("probe", "both")
 
     def url_for(self, host: str, port: int) -> str | None:
         if self.url is None:

@@ -30,3 +30,21 @@ def test_upstream_show_lists_the_kv_down_flag() -> None:
     assert parse_upstream_show(UPSTREAM_SHOW, "app") == {"127.0.0.1:9001": False, "127.0.0.1:9000": True}
     with pytest.raises(NginxFormatError, match="no upstream named"):
         parse_upstream_show("The upstream you requested does not exist. Please double-check the name", "app")
+
+
+def test_a_server_nginx_has_not_checked_yet_is_unchecked_not_up() -> None:
+    # After nginx starts (or upsync adds a server) the module shows its default, "up", until the first
+    # check: rise and fall are both 0 then, and the status says nothing about the node.
+    page = """{"servers": {"total": 2, "generation": 1, "server": [
+     {"index": 0, "upstream": "app", "name": "127.0.0.1:9000", "status": "up", "rise": 0, "fall": 0, "type": "http"},
+     {"index": 1, "upstream": "app", "name": "127.0.0.1:9001", "status": "up", "rise": 1, "fall": 0, "type": "http"},
+     {"index": 2, "upstream": "app", "name": "127.0.0.1:9002", "status": "up", "rise": 0, "fall": 1, "type": "http"}
+    ]}}"""
+    # ...and one whose last check failed is still routed ("up") but not healthy.
+    assert parse_check_status_json(page, "app") == {
+        "127.0.0.1:9000": "unchecked",
+        "127.0.0.1:9001": "up",
+        "127.0.0.1:9002": "failing",
+    }
+    text = "0,app,127.0.0.1:9000,up,0,0,http,0\n1,app,127.0.0.1:9001,down,0,1,http,0\n"
+    assert parse_check_status_csv(text, "app") == {"127.0.0.1:9000": "unchecked", "127.0.0.1:9001": "down"}

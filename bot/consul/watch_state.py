@@ -49,7 +49,7 @@ def encode(incident: Incident) -> str:
             "format": FORMAT,
             "id": incident.id,
             "app": incident.app,
-            "address": str(incident.address),
+            "address": "" if incident.address is None else str(incident.address),  # "": the app itself
             "reason": incident.reason,
             "failing_since": incident.failing_since,
             "last_error": incident.last_error,
@@ -62,6 +62,7 @@ def encode(incident: Incident) -> str:
             "resolved_at": incident.resolved_at,
             "resolution": incident.resolution,
             "post_ref": incident.post_ref,
+            "group": incident.group,
         },
         sort_keys=True,
     )
@@ -74,7 +75,7 @@ def decode(raw: bytes | str | None) -> Incident | None:
         post_ref = d.get("post_ref")
         return Incident(
             app=str(d["app"]),
-            address=ServerAddress.parse(str(d["address"])),
+            address=ServerAddress.parse(str(d["address"])) if d["address"] else None,
             reason=str(d["reason"]),
             failing_since=float(d["failing_since"]),
             last_error=str(d.get("last_error") or ""),
@@ -88,6 +89,7 @@ def decode(raw: bytes | str | None) -> Incident | None:
             resolved_at=_number(d.get("resolved_at")),
             resolution=str(d.get("resolution") or ""),
             post_ref={str(k): str(v) for k, v in post_ref.items()} if isinstance(post_ref, dict) else None,
+            group=str(d["group"]) if d.get("group") else None,
         )
     except Exception as error:  # a hand-edited or newer value: say so, do not crash the watch
         log.warning("unreadable incident in Consul (%r): %.200r", error, raw)

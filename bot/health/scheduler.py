@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -38,19 +39,24 @@ from commands.watch import AppWatch, Incident, WatchEvent
 
 log = logging.getLogger(__name__)
 FOLLOW_EVERY = 1.0  # seconds: how stale a replica that does not lead may show the incidents
-CLOSE_TIMEOUT = 5.0  # seconds for freeing the watch lock at shutdown
+CLOSE_TIMEOUT = 5.0
+CONSUL_UNREADABLE = "Consul unreadable: "  # seconds for freeing the watch lock at shutdown
 
 
 def watchable(app: AppSettings) -> bool:
     return app.health.url is not None or app.nginx.status_url is not None or app.nginx.list_url is not None
 
 
+STATS_KEPT = 1000  # the last rounds whose lateness and duration are kept (bounded: the bot runs for months)
+
+
 @dataclass
 class RoundStats:
-    rounds: int = 0
+    started: int = 0  # rounds begun (led or not)
+    rounds: int = 0  # rounds done
     probes: int = 0
-    lateness: list[float] = field(default_factory=list)  # seconds each round started after its time
-    durations: list[float] = field(default_factory=list)
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_KEPT))  # seconds late, per round
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_KEPT))
 
 
 class HealthWatcher:
@@ -82,10 +88,13 @@ class HealthWatcher:
         self._saved: dict[str, tuple[str, int]] = {}  # incident id -> (its JSON as stored, ModifyIndex)
         self._adopted_term = -1  # the election term whose incidents from Consul are loaded
         self._adopting = asyncio.Lock()
+        self._saving = asyncio.Lock()
         self._switch_busy: dict[str, int] = {}  # app -> on/off writes of ours in flight
         self._switch_done: dict[str, float] = {}  # app -> monotonic when our last on/off write ended
         self._tasks: set[asyncio.Task[Any]] = set()  # writes of on/off and marks
         self._follower: asyncio.Task[None] | None = None
+        self._led_term: int | None = None  # the term of the last round this replica ran as leader
+        self._speaking_for: set[str] = set()  # apps whose blindness this ex-leader still reports
         for watch in self.watches.values():
             watch.on_mark = self._share_mark
 
@@ -131,6 +140,16 @@ class HealthWatcher:
             await self.state.mark(incident.app, incident.id, incident.silenced_until, incident.acknowledged_by)
         except StoreError as error:
             log.warning("incident %s of %s marked here only: %s", incident.id, incident.app, error.message)
+
+    def posted(self, incidents: list[Incident]) -> None:
+        """The front end posted these incidents' alert (their `post_ref` is set): into Consul now."""
+        if self.state is not None and self.leading():
+            self._spawn(self._save_all(incidents))
+
+    async def _save_all(self, incidents: list[Incident]) -> None:
+        for incident in incidents:
+            if incident.open:
+                await self._save(incident)
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -195,16 +214,19 @@ class HealthWatcher:
         self.notifier = notifier
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         now = datetime.now(UTC)
-        for name in self.watches:
+        for i, name in enumerate(self.watches):
             interval = self.apps[name].health.interval
-            self._due[name] = time.time()
+            # Apps' rounds spread over the interval rather than all at once: an even load on the CPU,
+            # the event loop and the nodes' network.
+            offset = interval * i / len(self.watches)
+            self._due[name] = time.time() + offset
             self.scheduler.add_job(
                 self.round,
                 "interval",
                 seconds=interval,
                 args=[name],
                 id=f"watch-{name}",
-                next_run_time=now,
+                next_run_time=now + timedelta(seconds=offset),
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
@@ -235,6 +257,11 @@ class HealthWatcher:
             for name, watch in self.watches.items():
                 self._apply(name, watch, states.get(name, AppState()), adopt=True, read_at=read_at)
 
+    def stop_rounds(self) -> None:
+        """No more rounds (so no new events); writes in flight go on (shutdown: flush first)."""
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
     def shutdown(self) -> None:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
@@ -255,13 +282,22 @@ class HealthWatcher:
     async def round(self, name: str) -> None:
         started = time.time()
         stats = self.stats[name]
+        stats.started += 1
         stats.lateness.append(max(0.0, started - self._due.get(name, started)))
         interval = self.apps[name].health.interval
         # The next round is due one interval after this one was due (or now, if it is very late).
         self._due[name] = max(self._due.get(name, started) + interval, started - interval)
         watch = self.watches[name]
         if not self.leading():
+            if self._led_term is not None:
+                # Lost the watch. Until Consul is read again, this replica speaks for what it cannot see:
+                # when Consul itself is down nobody else leads, and silence would look like health.
+                self._led_term = None
+                self._speaking_for = set(self.watches)
+            if name in self._speaking_for:
+                await self._blind_round(name, watch)
             return
+        self._led_term = self.election.term if self.election is not None else 0
         try:
             if not await self._adopted():
                 return
@@ -272,6 +308,9 @@ class HealthWatcher:
             await self._round(name, watch)
         except StoreError as error:
             log.warning("health watch of %s skipped a round: %s", name, error.message)
+            if watch.enabled:
+                term = self._adopted_term if self.state is not None else None
+                await self._post(watch.unseen(self.clock.now(), f"{CONSUL_UNREADABLE}{error.message}"), term)
         except asyncio.CancelledError:
             log.info("health watch of %s: round cancelled (shutting down)", name)
             return
@@ -280,23 +319,56 @@ class HealthWatcher:
         stats.rounds += 1
         stats.durations.append(time.time() - started)
 
+    async def _blind_round(self, name: str, watch: AppWatch) -> None:
+        """The replica that led, while nobody can be seen to lead: is Consul readable? Its "cannot see"
+        alert after the window, its recovery once Consul answers (then whoever leads watches)."""
+        app = self.apps[name]
+        if not watch.enabled:
+            self._speaking_for.discard(name)
+            return
+        try:
+            await self.store.read(app.upstream)
+        except StoreError as error:
+            events = watch.unseen(self.clock.now(), f"{CONSUL_UNREADABLE}{error.message}")
+        except Exception:
+            log.exception("health watch of %s: Consul check failed", name)
+            return
+        else:
+            self._speaking_for.discard(name)
+            # Only its own "cannot see Consul" ends here; one about nginx is the leader's to end.
+            mine = watch.blind is not None and watch.blind.last_error.startswith(CONSUL_UNREADABLE)
+            events = watch.seen(self.clock.now()) if mine or watch.blind is None else []
+        for event in events:
+            if self.notifier is not None and not self.leading():
+                await self.notifier.emit(event)
+
+    async def _post(self, events: list[WatchEvent], term: int | None) -> None:
+        """Hand events to the front end; alerts and reminders only while this leadership lasts."""
+        for event in events:
+            bound = event.kind in ("alert", "reminder", "group_alert", "group_reminder")
+            if bound and not self.leading(term):
+                log.warning("health watch of %s: not leading any more, %s not posted", event.app, event.kind)
+                continue
+            if self.notifier is not None:
+                # An alert or reminder still queued when this leadership ends is the successor's to say
+                # (it announces what it adopts unposted). A recovery or "cannot see" is said anyway: the
+                # successor has nothing left to recover, and a lost leadership is often why it cannot see.
+                await self.notifier.emit(replace(event, valid=(lambda: self.leading(term)) if bound else None))
+
     async def _round(self, name: str, watch: AppWatch) -> None:
         app = self.apps[name]
         upstream, view = await asyncio.gather(self.store.read(app.upstream), self.nginx.read(app.upstream))
         engine = self.releases.engine(name) if self.releases is not None else None
         releasing = set(engine.plan.nodes) if engine is not None else set()
-        serving = [s.address for s in upstream.servers if not s.drained and s.address not in releasing]
-        probes = await probe_nodes(self.prober, app, serving, app.watch.concurrency)
+        probes = {}
+        if app.health.probes:
+            serving = [s.address for s in upstream.servers if not s.drained and s.address not in releasing]
+            probes = await probe_nodes(self.prober, app, serving, app.watch.concurrency)
         self.stats[name].probes += len(probes)
         # The leadership whose incidents were loaded: an alert is posted only while it lasts.
         term = self._adopted_term if self.state is not None else None
         events = watch.observe(self.clock.now(), upstream, probes, view, releasing)
-        for event in events:
-            if not self.leading(term):
-                log.warning("health watch of %s: not leading any more, %s not posted", name, event.kind)
-                return
-            if self.notifier is not None:
-                await self.notifier.emit(event)
+        await self._post(events, term)
         if self.state is not None:
             await self._persist(watch, events)
 
@@ -322,26 +394,40 @@ class HealthWatcher:
         while its silence lasts). A write that fails is retried next round (it still differs)."""
         now = self.clock.now()
         resolved = [e.incident for e in events if e.kind == "recovered" and e.incident is not None]
+        resolved += [i for e in events if e.kind == "group_recovered" for i in e.incidents]
         for incident in watch.incidents() + resolved:
             saved = self._saved.get(incident.id)
             if not incident.open and (incident.silenced_until or 0) <= now:
                 if saved is not None:
                     await self._remove(incident, saved[1])
                 continue
-            text = encode(incident)
-            if saved is not None and saved[0] == text:
-                continue
-            held = self.election.held if self.election is not None else None
-            if self.election is not None and held is None:
+            if not await self._save(incident):
                 return  # no longer leading: the successor owns them
-            assert self.state is not None
-            try:
-                index = await self.state.save(incident, saved[1] if saved else 0, held)
-            except StoreError as error:
-                log.warning("incident %s of %s not stored in Consul: %s", incident.id, incident.app, error.message)
-                continue
-            if index is not None:
-                self._saved[incident.id] = (text, index)
+
+    async def _save(self, incident: Incident) -> bool:
+        """Write the incident if it differs from what is stored; False when this replica no longer leads.
+        A write that fails is retried at the next round (it still differs). One write at a time: the
+        round's and the one noting where its alert went must not race on the same check-and-set index."""
+        async with self._saving:
+            return await self._save_now(incident)
+
+    async def _save_now(self, incident: Incident) -> bool:
+        saved = self._saved.get(incident.id)
+        text = encode(incident)
+        if saved is not None and saved[0] == text:
+            return True
+        held = self.election.held if self.election is not None else None
+        if self.election is not None and held is None:
+            return False
+        assert self.state is not None
+        try:
+            index = await self.state.save(incident, saved[1] if saved else 0, held)
+        except StoreError as error:
+            log.warning("incident %s of %s not stored in Consul: %s", incident.id, incident.app, error.message)
+            return True
+        if index is not None:
+            self._saved[incident.id] = (text, index)
+        return True
 
     async def _remove(self, incident: Incident, index: int) -> None:
         held = self.election.held if self.election is not None else None

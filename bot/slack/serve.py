@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -55,25 +56,36 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
         except BotTokenRefused as refused:
             print(f"error: {refused}", file=sys.stderr)
             return 2
-        if isinstance(service.watches, HealthWatcher):
-            if not config.slack.channel:
-                log.warning("slack.channel is not set: the health watch has nowhere to post its alerts")
-            service.watches.start(front.channel_notifier())
-        if service.releases is not None and service.releases.journal is not None:
-            # Every replica looks; the journal's check-and-set lets one tell each interrupted release.
-            InterruptionMonitor(service.releases, list(config.apps)).start(front.channel_notifier())
-        if http:
-            runner = web.AppRunner(build_web_app(app), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, host, port).start()
-            print(f"upstream-bot serving Slack at http://{host}:{port}/slack/events", flush=True)
-            try:
-                await asyncio.Event().wait()
-            finally:
-                await runner.cleanup()
-        else:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+        try:
+            if isinstance(service.watches, HealthWatcher):
+                if not config.slack.channel:
+                    log.warning("slack.channel is not set: the health watch has nowhere to post its alerts")
+                service.watches.start(front.channel_notifier())
+            if service.releases is not None and service.releases.journal is not None:
+                # Every replica looks; the journal's check-and-set lets one tell each interrupted release.
+                InterruptionMonitor(service.releases, list(config.apps)).start(front.channel_notifier())
+            if http:
+                runner = web.AppRunner(build_web_app(app), access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, host, port).start()
+                print(f"upstream-bot serving Slack at http://{host}:{port}/slack/events", flush=True)
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    await runner.cleanup()
+            else:
+                from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-            print("upstream-bot connecting to Slack in Socket Mode", flush=True)
-            await AsyncSocketModeHandler(app, app_token).start_async()
+                print("upstream-bot connecting to Slack in Socket Mode", flush=True)
+                await AsyncSocketModeHandler(app, app_token).start_async()
+        finally:
+            # No new watch events; what is queued for Slack gets a few seconds (the rest is logged), and
+            # where the alerts went is written to Consul (or a successor would post them again).
+            if isinstance(service.watches, HealthWatcher):
+                service.watches.stop_rounds()
+            await front.alerts.aclose(grace=3)
+            if isinstance(service.watches, HealthWatcher):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3):
+                        await service.watches.settle()
     return 0

@@ -3,7 +3,8 @@
 Answers the methods the bot uses like Slack does (`auth.test`, `chat.postMessage`, `chat.update`,
 `chat.postEphemeral`, `usergroups.users.list`, `views.open`, ...), and records each request's
 method, decoded body and token. `POST /response/<id>` stands in for a `response_url`.
-`rate_limit(method, times)` answers 429 with `Retry-After` that many times. User groups
+`rate_limit(method, times, retry_after)` answers the next `times` calls of `method` (other methods
+untouched) with 429 and that `Retry-After`, recorded with fault "status 429". User groups
 (`usergroups.users.list`) are `usergroups`, changed with `set_usergroup` while the bot runs.
 
 "Slack is down", for outage tests (every `/api/*` and `/response/*` request; never `/_standin/*`),
@@ -85,7 +86,7 @@ class SlackStandIn:
         self._calls: list[Call] = []
         self._lock = threading.Lock()
         self._ts = 1_700_000_000.000100
-        self._rate_limits: dict[str, int] = {}
+        self._rate_limits: dict[str, tuple[int, int]] = {}  # method -> (times left, Retry-After)
         self._faults = Faults()
         self._hangs: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []  # requests hanging now
 
@@ -104,9 +105,10 @@ class SlackStandIn:
         with self._lock:
             self.usergroups[group] = list(users)
 
-    def rate_limit(self, method: str, times: int) -> None:
+    def rate_limit(self, method: str, times: int, retry_after: int = 1) -> None:
+        """The next `times` calls of `method` answer 429 `ratelimited` with `Retry-After: retry_after`."""
         with self._lock:
-            self._rate_limits[method] = times
+            self._rate_limits[method] = (times, retry_after)
 
     @property
     def faults(self) -> Faults:
@@ -232,20 +234,20 @@ class SlackStandIn:
         if failed is not None:
             return failed
         with self._lock:
-            limited = self._rate_limits.get(method, 0)
-            if limited:
-                self._rate_limits[method] = limited - 1
-        if limited:
+            left, retry_after = self._rate_limits.get(method, (0, 0))
+            if left:
+                self._rate_limits[method] = (left - 1, retry_after)
+        if left:
             answer: dict[str, Any] = {"ok": False, "error": "ratelimited"}
-        elif not token:
+            self._record(Call(method, args, token, time.time(), answer, fault="status 429"))
+            return web.json_response(answer, status=429, headers={"Retry-After": str(retry_after)})
+        if not token:
             answer = {"ok": False, "error": "not_authed"}
         elif self.tokens is not None and token not in self.tokens:
             answer = {"ok": False, "error": "invalid_auth"}
         else:
             answer = self._answer(method, args)
         self._record(Call(method, args, token, time.time(), answer))
-        if limited:
-            return web.json_response(answer, status=429, headers={"Retry-After": "1"})
         return web.json_response(answer)
 
     def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -125,24 +125,42 @@ def duration(seconds: float) -> str:
 
 
 def incident_line(incident: Incident, now: float) -> str:
+    since = f"since {when(incident.failing_since)} ({duration(now - incident.failing_since)})"
+    state = f"; acknowledged by {incident.acknowledged_by}" if incident.acknowledged_by else ""
+    if incident.address is None:  # the app itself: the watch cannot see it
+        error = incident.last_error
+        return f"the watch cannot see {incident.app}: {incident.reason} {since}; last error: {error}{state}"
     consul = "Consul lists it serving" if incident.consul_serving else "Consul has it drained"
     check = f"; nginx check: {incident.nginx_check}" if incident.nginx_check else ""
-    state = f"; acknowledged by {incident.acknowledged_by}" if incident.acknowledged_by else ""
     return (
-        f"{incident.address} of {incident.app} {incident.reason} since {when(incident.failing_since)} "
-        f"({duration(now - incident.failing_since)}); last error: {incident.last_error}{check}; {consul}{state}"
+        f"{incident.address} of {incident.app} {incident.reason} {since}; "
+        f"last error: {incident.last_error}{check}; {consul}{state}"
     )
 
 
+def resolved_line(incident: Incident, now: float) -> str:
+    took = duration((incident.resolved_at or now) - incident.failing_since)
+    if incident.address is None:
+        return f"the watch sees {incident.app} again after {took} ({incident.resolution})"
+    return f"{incident.address} of {incident.app}: {incident.resolution} after {took}"
+
+
 def watch_lines(event: WatchEvent, now: float) -> list[str]:
-    incident = event.incident
+    incident, many = event.incident, event.incidents
+    blind = incident is not None and incident.address is None
     if event.kind == "alert" and incident is not None:
         return [f"ALERT: {incident_line(incident, now)}"]
+    if event.kind == "blind" and incident is not None:
+        return [f"BLIND: {incident_line(incident, now)}"]
     if event.kind == "reminder" and incident is not None:
-        return [f"STILL FAILING: {incident_line(incident, now)}"]
+        return [f"{'STILL BLIND' if blind else 'STILL FAILING'}: {incident_line(incident, now)}"]
     if event.kind == "recovered" and incident is not None:
-        took = duration((incident.resolved_at or now) - incident.failing_since)
-        return [f"RESOLVED: {incident.address} of {incident.app}: {incident.resolution} after {took}"]
+        return [f"RESOLVED: {resolved_line(incident, now)}"]
+    if event.kind in ("group_alert", "group_reminder"):
+        head = "ALERT" if event.kind == "group_alert" else "STILL FAILING"
+        return [f"{head}: {len(many)} nodes of {event.app} failing", *[f"  {incident_line(i, now)}" for i in many]]
+    if event.kind == "group_recovered":
+        return [f"RESOLVED: {len(many)} nodes of {event.app}", *[f"  {resolved_line(i, now)}" for i in many]]
     if event.kind == "drained_reminder":
         by = f" by {event.by}" if event.by else ""
         return [f"REMINDER: {event.address} of {event.app} is still drained since {when(event.since or now)}{by}"]
