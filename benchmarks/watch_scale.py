@@ -8,18 +8,21 @@ Part A, in this process: the watch as `upstream-bot serve` builds it (bot.runtim
 Consul store, prober, nginx reader, election and state in Consul), for `--seconds`, with a 10 ms timer
 sampling how late the event loop runs it. Printed: probes/s, CPU as a share of one core and per probe,
 rounds and their duration as a ratio to the interval, event-loop lag p50/p99/max, memory per watched
-node (RSS growth while the watch ran / nodes), connections the fleet saw. Floor: a bare asyncio-streams
+node (RSS growth while the watch ran / nodes), connections the fleet saw, the garbage collector's passes
+(a full pass holds the interpreter: the loop waits it out). Floor: a bare asyncio-streams
 prober (one kept-alive connection per node, the same concurrency per app, apps at once) over the same
 nodes: its CPU per probe; the ratio bot/floor.
 
 Part B, processes: `upstream-bot serve --http` watching the same fleet (and once with no health url:
 nothing watched), signed `/upstream alerts` commands at a steady `--rate` over connections opened
 beforehand, each timed from its first byte out to the status line back: ack p50/p99/max; the bot's CPU
-from /proc. Floor: a bare aiohttp endpoint that checks the same signature and parses the same form,
-under the same requests, alone and while a bare prober process probes the fleet at the same interval.
+from /proc, second by second (acks sent in the seconds the bot was busy, against the others) and the
+ack p99 in each interval. Floor: a bare aiohttp endpoint that checks the same signature and parses the
+same form, under the same requests, alone and while a bare prober process probes the fleet at the same
+interval. The CPU of the stand-ins and the fleet is printed too (they share the machine's cores).
 
 Run: .venv/bin/python benchmarks/watch_scale.py [--apps 10] [--nodes 10000] [--seconds 60] [--interval 10]
-(about 4 minutes at the defaults; --part a or --part b for one of them)
+(about 7 minutes at the defaults; --part a or --part b for one of them)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +60,7 @@ from fleet import (
     free_port,
     layout,
     ports_free,
+    proc_cpu,
     raise_nofile,
     read_line,
     rss_bytes,
@@ -70,6 +75,7 @@ from fleet import (
 )
 
 from bot.config import load_config
+from bot.heap import keep_collections_short
 from bot.processes import wait_http
 from bot.runtime import service_for
 from tests.helpers import SIGNING_SECRET
@@ -168,6 +174,34 @@ class Others:
         }
 
 
+class GcTally:
+    """The garbage collector's passes while the watch runs: how often a full (generation 2) pass ran and
+    how long each held the interpreter (nothing else runs meanwhile, the event loop included)."""
+
+    def __init__(self) -> None:
+        self.passes: dict[int, list[float]] = {}
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.passes.setdefault(info["generation"], []).append(time.perf_counter() - self._began)
+
+    def __enter__(self) -> GcTally:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> str:
+        return "   ".join(
+            f"gen {g}: {len(d)} passes, max {max(d) * 1000:.1f} ms, total {sum(d) * 1000:.0f} ms"
+            for g, d in sorted(self.passes.items())
+        )
+
+
 class Count:
     def __init__(self) -> None:
         self.kinds: dict[str, int] = {}
@@ -203,6 +237,7 @@ class WatchFigures:
     drained_in: float = 0.0
     started: int = 0  # rounds begun (stats.started, where the watcher counts them)
     others: dict[str, float] = field(default_factory=dict)
+    gc: str = ""
     log: LogTally = field(default_factory=LogTally)
 
 
@@ -215,7 +250,9 @@ async def watch_in_process(config_path: Path, seconds: float, interval: float, f
     lag = LagSampler(seconds + interval + 120)
     cpu_before, started = cpu_seconds(), time.monotonic()
     lag.start()
-    async with service_for(config, echo=None) as service:
+    tally = GcTally()
+    async with service_for(config, echo=None) as service, contextlib.AsyncExitStack() as stack:
+        stack.enter_context(tally)
         watcher: Any = service.watches
         out.prober = type(watcher.prober).__name__
         # Count the rounds in flight (to stop between rounds): the scheduler calls `watcher.round`.
@@ -231,8 +268,10 @@ async def watch_in_process(config_path: Path, seconds: float, interval: float, f
 
         watcher.round = counted
         notifier = Count()
+        heap = asyncio.get_running_loop().create_task(keep_collections_short())  # as `serve` runs it
         watcher.start(notifier)
         await asyncio.sleep(seconds)
+        heap.cancel()
         # No new round; the ones running finish (bounded), so every probe paid for is counted.
         watcher.scheduler.pause()
         paused = time.monotonic()
@@ -259,6 +298,7 @@ async def watch_in_process(config_path: Path, seconds: float, interval: float, f
             out.incidents += len(watcher.watches[name].incidents())
         out.events = dict(notifier.kinds)
     out.lags = lag.lags
+    out.gc = tally.summary()
     return out
 
 
@@ -378,6 +418,52 @@ class AckFigures:
     background: dict[str, Any] = field(default_factory=dict)
     log_samples: list[str] = field(default_factory=list)
     others: dict[str, float] = field(default_factory=dict)
+    timeline: list[tuple[float, float]] = field(default_factory=list)  # (perf_counter at the end, CPU s) a second
+
+
+class CpuTimeline:
+    """A process's CPU, second by second, from a thread (bounded by `limit` seconds)."""
+
+    def __init__(self, pid: int, limit: float) -> None:
+        self.pid, self.limit = pid, limit
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu timeline", daemon=True)
+
+    def _run(self) -> None:
+        before = proc_cpu(self.pid)
+        for _ in range(int(self.limit) + 1):
+            if self._stop.wait(1.0):
+                return
+            now = proc_cpu(self.pid)
+            self.samples.append((time.perf_counter(), now - before))
+            before = now
+
+    def __enter__(self) -> CpuTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def burst_split(figures: AckFigures, busy: float = 0.25) -> str:
+    """Acks in the seconds the bot used more than `busy` s of CPU, against the others."""
+    if not figures.timeline or not figures.acks.times:
+        return ""
+    cpu = [c for _, c in figures.timeline]
+    busy_ends = [end for end, c in figures.timeline if c > busy]
+    inside, outside = [], []
+    for at, took in zip(figures.acks.at, figures.acks.times, strict=True):
+        sent = figures.acks.origin + at
+        (inside if any(end - 1.0 <= sent < end for end in busy_ends) else outside).append(took)
+    return (
+        f"bot CPU second by second: p50 {statistics.median(cpu):.2f} s   max {max(cpu):.2f} s; "
+        f"{len(busy_ends)} of {len(cpu)} seconds over {busy:g} s: acks sent in them {len(inside)}, "
+        f"p99 {quantile(inside, 0.99) * 1000:.1f} ms; the other {len(outside)}: "
+        f"p99 {quantile(outside, 0.99) * 1000:.1f} ms"
+    )
 
 
 def run_client(port: int, rate: float, seconds: float) -> Acks:
@@ -396,6 +482,7 @@ def bot_acks(
 ) -> AckFigures:
     consul_url, consul_pid = consul
     slack, slack_url = start_slack_standin()
+    processes = [slack]
     port = free_port()
     env = {
         **os.environ,
@@ -406,15 +493,16 @@ def bot_acks(
         "SLACK_API_URL": f"{slack_url}/api/",
     }
     log = log_dir / f"bot-{label.replace(' ', '-')}.log"
-    with log.open("wb") as log_file:
-        bot = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "serve", "--http", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
     try:
+        with log.open("wb") as log_file:
+            bot = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "serve", "--http", "--port", str(port)],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+        processes.insert(0, bot)
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
         fleet_before = fleet.stats() if fleet else {}
         others = Others(
@@ -422,8 +510,10 @@ def bot_acks(
             | ({"fleet": [p.pid for p in fleet.processes]} if fleet else {})
         )
         cpu_before, started = tree_cpu(bot.pid), time.monotonic()
-        acks = run_client(port, rate, seconds)
+        with CpuTimeline(bot.pid, seconds + 30) as timeline:
+            acks = run_client(port, rate, seconds)
         out = AckFigures(label, acks, cpu=tree_cpu(bot.pid) - cpu_before, wall=time.monotonic() - started)
+        out.timeline = timeline.samples
         out.others = others.shares()
         out.rss = rss_bytes(bot.pid)
         if fleet:
@@ -432,7 +522,7 @@ def bot_acks(
             out.fleet["open"] = after.get("open", 0)
         out.posts = slack_calls(slack_url)
     finally:
-        stop_all([bot, slack])
+        stop_all(processes)
     text = log.read_text(errors="replace")
     seen: dict[str, str] = {}
     for line in text.splitlines():
@@ -537,6 +627,8 @@ def print_part_a(args: argparse.Namespace, a: WatchFigures, floor: dict[str, Any
         f"  events {a.events or '{}'}   open incidents at the end {a.incidents}   "
         f"(the last rounds ended {a.drained_in:.1f} s after the stop)"
     )
+    if a.gc:
+        print(f"  garbage collector while the watch ran: {a.gc}")
     if a.others:
         print(f"  other processes' CPU meanwhile, share of one core: {a.others}")
     if a.log.counts:
@@ -675,6 +767,7 @@ def main() -> None:
                     "bot with the watch", config, (consul_url, consul_pid), args.rate, args.seconds, fleet, work
                 )
                 print_acks(b_watch, floor_b, 0.050)
+                print(f"    {burst_split(b_watch)}")
                 windows = b_watch.acks.windows(args.interval)
                 print(
                     f"    ack p99 (max) in each {args.interval:g} s of the run: "

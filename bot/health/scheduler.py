@@ -83,6 +83,7 @@ class HealthWatcher:
         self.notifier: Notifier | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self._due: dict[str, float] = {}
+        self._offsets: dict[str, float] = {}  # app -> seconds its rounds start after the first app's
         self.state = state
         self.election = election
         self._saved: dict[str, tuple[str, int]] = {}  # incident id -> (its JSON as stored, ModifyIndex)
@@ -170,10 +171,15 @@ class HealthWatcher:
         return self.election.leading and (term is None or self.election.term == term)
 
     def _elected(self) -> None:
-        """Won the watch: run every app's round now rather than one interval later."""
+        """Won the watch: run every app's round now rather than one interval later, each at its offset
+        (all at once, 10,000 nodes would be probed in the same second: the loop that answers Slack lags)."""
         if self.scheduler is not None and self.scheduler.running:
-            for job in self.scheduler.get_jobs():
-                job.modify(next_run_time=datetime.now(UTC))
+            now = datetime.now(UTC)
+            for name, offset in self._offsets.items():
+                job = self.scheduler.get_job(f"watch-{name}")
+                if job is not None:
+                    self._due[name] = time.time() + offset
+                    job.modify(next_run_time=now + timedelta(seconds=offset))
 
     async def _adopted(self) -> bool:
         """The incidents in Consul are loaded for the current leadership (read once per election won)."""
@@ -218,7 +224,7 @@ class HealthWatcher:
             interval = self.apps[name].health.interval
             # Apps' rounds spread over the interval rather than all at once: an even load on the CPU,
             # the event loop and the nodes' network.
-            offset = interval * i / len(self.watches)
+            offset = self._offsets[name] = interval * i / len(self.watches)
             self._due[name] = time.time() + offset
             self.scheduler.add_job(
                 self.round,
@@ -259,12 +265,14 @@ class HealthWatcher:
 
     def stop_rounds(self) -> None:
         """No more rounds (so no new events); writes in flight go on (shutdown: flush first)."""
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        # Forgotten at once: APScheduler stops later (in a loop callback), and a second shutdown()
+        # before then raises SchedulerNotRunningError.
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=False)
 
     def shutdown(self) -> None:
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        self.stop_rounds()
         for task in [*self._tasks, *([self._follower] if self._follower else [])]:
             task.cancel()
 

@@ -15,6 +15,7 @@ from bot.config import Config
 from bot.consul.pending import PendingKV
 from bot.consul.store import ConsulStore
 from bot.health.scheduler import HealthWatcher
+from bot.heap import keep_collections_short
 from bot.interruptions import InterruptionMonitor
 from bot.runtime import service_for
 from bot.slack.app import BotTokenRefused, build_app, make_client, warm_up
@@ -56,6 +57,8 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
         except BotTokenRefused as refused:
             print(f"error: {refused}", file=sys.stderr)
             return 2
+        # Long-lived objects (a kept-alive connection per watched node) out of the collector's passes.
+        heap = asyncio.get_running_loop().create_task(keep_collections_short(), name="gc freeze")
         try:
             if isinstance(service.watches, HealthWatcher):
                 if not config.slack.channel:
@@ -79,6 +82,7 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
                 print("upstream-bot connecting to Slack in Socket Mode", flush=True)
                 await AsyncSocketModeHandler(app, app_token).start_async()
         finally:
+            heap.cancel()
             # No new watch events; what is queued for Slack gets a few seconds (the rest is logged), and
             # where the alerts went is written to Consul (or a successor would post them again).
             if isinstance(service.watches, HealthWatcher):
