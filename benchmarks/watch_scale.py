@@ -254,7 +254,8 @@ async def watch_in_process(config_path: Path, seconds: float, interval: float, f
     async with service_for(config, echo=None) as service, contextlib.AsyncExitStack() as stack:
         stack.enter_context(tally)
         watcher: Any = service.watches
-        out.prober = type(watcher.prober).__name__
+        worker = watcher.worker
+        out.prober = type(watcher.prober).__name__ + (" in a ProbeWorker process" if worker else "")
         # Count the rounds in flight (to stop between rounds): the scheduler calls `watcher.round`.
         in_flight = [0]
         original = watcher.round
@@ -283,6 +284,8 @@ async def watch_in_process(config_path: Path, seconds: float, interval: float, f
         out.drained_in = time.monotonic() - paused
         out.wall = time.monotonic() - started
         out.cpu = cpu_seconds() - cpu_before
+        if worker is not None and worker.pid is not None:  # the probes' process is the bot's too
+            out.cpu += proc_cpu(worker.pid)
         out.rss_growth = rss_bytes() - rss_before
         await lag.stop()
         fleet_after = fleet.stats()

@@ -21,6 +21,7 @@ from bot.consul.store import ConsulStore
 from bot.consul.watch_state import WatchStateKV
 from bot.executors.factory import executor_for
 from bot.health.lean_prober import LeanProber
+from bot.health.probe_worker import ProbeWorker
 from bot.health.prober import HttpProber
 from bot.health.scheduler import HealthWatcher
 from bot.nginx.status import HttpNginxReader
@@ -69,11 +70,14 @@ async def service_for(
         # apps (commands and releases read theirs fresh).
         intervals = [app.health.interval for app in config.apps.values()]
         watch_nginx = HttpNginxReader(config.apps, client, max_age=min(intervals, default=10.0) / 2)
+        # The watch's probes in a process of their own (started at its first round): off the Slack loop.
+        worker = ProbeWorker()
         watcher = HealthWatcher(
-            config.apps, store, prober, watch_nginx, clock, releases, WatchStateKV(store), election
+            config.apps, store, prober, watch_nginx, clock, releases, WatchStateKV(store), election, worker
         )
         try:
             yield CommandService(config.apps, store, prober, nginx, clock, releases, watcher, policy, history)
         finally:
             await watcher.aclose()  # frees the watch lock at once: another replica need not wait for its TTL
             await prober.aclose()
+            await worker.aclose()

@@ -29,9 +29,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.consul.election import WatchElection
 from bot.consul.watch_state import AppState, WatchStateKV, encode
+from bot.health.probe_worker import ProbeWorker
+from commands.addresses import ServerAddress
 from commands.errors import StoreError
 from commands.events import Notifier
-from commands.interfaces import Clock, NginxReader, Prober, UpstreamStore
+from commands.interfaces import Clock, NginxReader, Prober, ProbeResult, UpstreamStore
 from commands.probing import probe_nodes
 from commands.releases import Releases
 from commands.settings import AppSettings
@@ -70,14 +72,17 @@ class HealthWatcher:
         releases: Releases | None = None,
         state: WatchStateKV | None = None,
         election: WatchElection | None = None,
+        worker: ProbeWorker | None = None,
     ) -> None:
-        """Without `state` and `election`, one process watching with its incidents in memory (tests)."""
+        """Without `state` and `election`, one process watching with its incidents in memory (tests).
+        With `worker`, the rounds' probes run in its process (serve), else through `prober` here."""
         self.apps = apps
         self.store = store
         self.prober = prober
         self.nginx = nginx
         self.clock = clock
         self.releases = releases
+        self.worker = worker
         self.watches = {name: AppWatch(app) for name, app in apps.items() if watchable(app)}
         self.stats = {name: RoundStats() for name in self.watches}
         self.notifier: Notifier | None = None
@@ -368,10 +373,15 @@ class HealthWatcher:
         upstream, view = await asyncio.gather(self.store.read(app.upstream), self.nginx.read(app.upstream))
         engine = self.releases.engine(name) if self.releases is not None else None
         releasing = set(engine.plan.nodes) if engine is not None else set()
-        probes = {}
+        probes: dict[ServerAddress, ProbeResult] = {}
         if app.health.probes:
             serving = [s.address for s in upstream.servers if not s.drained and s.address not in releasing]
-            probes = await probe_nodes(self.prober, app, serving, app.watch.concurrency)
+            if self.worker is not None:
+                urls = [app.health.url_for(a.host, a.port) or "" for a in serving]
+                got = await self.worker.probe_all(urls, app.health.timeout, app.watch.concurrency)
+                probes = dict(zip(serving, got, strict=True)) if got is not None else {}  # None: unknown
+            else:
+                probes = await probe_nodes(self.prober, app, serving, app.watch.concurrency)
         self.stats[name].probes += len(probes)
         # The leadership whose incidents were loaded: an alert is posted only while it lasts.
         term = self._adopted_term if self.state is not None else None
