@@ -1,12 +1,13 @@
 """Short garbage-collector pauses in a long-running `serve`.
 
-The health watch keeps a connection per node alive: at 10,000 nodes about 250,000 long-lived objects
-the cyclic collector walks at every full pass, 100 ms or more during which the event loop that
-answers Slack waits (measured: `benchmarks/watch_scale.py`). Every `FREEZE_EVERY` seconds what has
+Every full pass of the cyclic collector walks every long-lived object while the event loop that answers
+Slack waits: 100 ms and more when the watch's 10,000 kept-alive connections lived in this process
+(they now live in the probe worker), about 25 ms with what remains (the watch's per-node state,
+incidents, the clients; measured with `benchmarks/watch_scale.py`). Every `FREEZE_EVERY` seconds what has
 survived so far is moved out of the collector's reach (`gc.freeze()`: the passes then walk only what
 is newer). Refcounting still frees what is not in a reference cycle; frozen cyclic garbage is
 reclaimed every `RECLAIM_EVERY` seconds by one full pass over everything (one pause an hour rather
-than several a minute).
+than several a minute). The price: cyclic garbage among what was frozen is held until then.
 """
 
 from __future__ import annotations

@@ -38,16 +38,20 @@ class ProbeWorker:
 
     def __init__(self) -> None:
         self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[list[list[object]]]] = {}
+        self._readers: set[asyncio.Task[None]] = set()  # one per worker started, ends with its output
+        # request id -> (the worker it was sent to, its answer)
+        self._pending: dict[int, tuple[asyncio.subprocess.Process, asyncio.Future[list[list[object]]]]] = {}
         self._ids = itertools.count(1)
         self._starting = asyncio.Lock()
+        self._closed = False
         self.started = 0  # workers started (tests, logs)
 
     async def probe_all(self, urls: Sequence[str], timeout: float, concurrency: int) -> list[ProbeResult] | None:
         """Each URL's result in order; None when the worker could not tell (died, too slow): unknown."""
         if not urls:
             return []
+        if self._closed:
+            return None
         try:
             process = await self._running()
         except OSError as error:
@@ -55,17 +59,19 @@ class ProbeWorker:
             return None
         request_id = next(self._ids)
         answer: asyncio.Future[list[list[object]]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = answer
+        self._pending[request_id] = (process, answer)
         line = json.dumps({"id": request_id, "urls": list(urls), "timeout": timeout, "concurrency": concurrency})
         bound = timeout * math.ceil(len(urls) / max(1, concurrency)) + SPARE
         try:
-            assert process.stdin is not None
-            process.stdin.write(line.encode() + b"\n")
-            await process.stdin.drain()
-            raw = await asyncio.wait_for(answer, bound)
+            # The write too: a stuck worker stops reading, and a big request fills the pipe.
+            async with asyncio.timeout(bound):
+                assert process.stdin is not None
+                process.stdin.write(line.encode() + b"\n")
+                await process.stdin.drain()
+                raw = await answer
         except (TimeoutError, ConnectionError, BrokenPipeError, WorkerGone) as error:
             log.error("health probe worker did not answer (%s): %d probe(s) unknown this round", _why(error), len(urls))
-            await self._stop()  # stuck or gone: the next round gets a fresh one
+            await self._stop(process)  # stuck or gone: the next round gets a fresh one
             return None
         finally:
             self._pending.pop(request_id, None)
@@ -86,42 +92,48 @@ class ProbeWorker:
                 limit=LINE_LIMIT,
             )
             self.started += 1
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._process), name="probe worker")
+            reader = asyncio.get_running_loop().create_task(self._read(self._process), name="probe worker")
+            self._readers.add(reader)
+            reader.add_done_callback(self._readers.discard)
             return self._process
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
+        broken = False
         try:
             while line := await process.stdout.readline():
                 message = json.loads(line)
-                waiter = self._pending.get(int(message["id"]))
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(message["results"])
+                sent = self._pending.get(int(message["id"]))
+                if sent is not None and sent[0] is process and not sent[1].done():
+                    sent[1].set_result(message["results"])
         except (ValueError, KeyError, TypeError, asyncio.LimitOverrunError) as error:
             log.error("health probe worker said something unreadable (%r): stopping it", error)
+            broken = True
         finally:
             if self._process is process:
                 self._process = None  # the next round starts another (its exit may not be reaped yet)
-            for waiter in self._pending.values():
-                if not waiter.done():
+            for sent_to, waiter in list(self._pending.values()):
+                if sent_to is process and not waiter.done():
                     waiter.set_exception(WorkerGone())
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+            if broken:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
 
-    async def _stop(self) -> None:
-        process, self._process = self._process, None
-        reader, self._reader = self._reader, None
-        if process is not None and process.returncode is None:
+    async def _stop(self, process: asyncio.subprocess.Process | None = None) -> None:
+        """Stop `process` (default: the current worker); a newer worker is left alone."""
+        process = process or self._process
+        if process is None:
+            return
+        if self._process is process:
+            self._process = None
+        if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(process.wait(), 5)
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._stop()
 
     @property
@@ -162,7 +174,10 @@ async def _serve() -> None:
 
             async def work() -> None:
                 for i in indexes:
-                    result = await prober.probe(urls[i], timeout)
+                    try:  # bounded here too: httpx's timeout (https) is per read, not per probe
+                        result = await asyncio.wait_for(prober.probe(urls[i], timeout), timeout + 1)
+                    except TimeoutError:
+                        result = ProbeResult(False, f"timeout after {timeout:g} s", timeout)
                     results[i] = [result.healthy, result.detail, round(result.seconds, 4)]
 
             await asyncio.gather(*(work() for _ in range(max(1, min(concurrency, len(urls))))))

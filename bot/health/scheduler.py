@@ -379,7 +379,14 @@ class HealthWatcher:
             if self.worker is not None:
                 urls = [app.health.url_for(a.host, a.port) or "" for a in serving]
                 got = await self.worker.probe_all(urls, app.health.timeout, app.watch.concurrency)
-                probes = dict(zip(serving, got, strict=True)) if got is not None else {}  # None: unknown
+                if got is None:
+                    # Nothing is known of the nodes this round: not a round seen. Lasting the window, it
+                    # is one "cannot see" alert, as when Consul or nginx cannot be read.
+                    term = self._adopted_term if self.state is not None else None
+                    reason = "the health probe worker did not answer (it is started again next round)"
+                    await self._post(watch.unseen(self.clock.now(), reason), term)
+                    return
+                probes = dict(zip(serving, got, strict=True))
             else:
                 probes = await probe_nodes(self.prober, app, serving, app.watch.concurrency)
         self.stats[name].probes += len(probes)
