@@ -145,6 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from bot.terminal.demo import run_demo
 
+        if getattr(args, "config", None):
+            print(
+                "error: demo runs on its own embedded config (sample services, a Consul stand-in); "
+                "--config is for serve, run and check-config.",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+
         try:
             return asyncio.run(run_demo(args.base_port, assume_yes=args.yes))
         except KeyboardInterrupt:

@@ -131,10 +131,21 @@ def _string(value: Any) -> str:
 
 
 def _url(value: Any) -> str:
+    """An http(s) URL with a host and, if given, a port from 1 to 65535; `{host}` and `{port}` are the
+    only placeholders (filled with a node's address)."""
     text = _string(value)
+    unknown = sorted(set(re.findall(r"\{[^}]*\}", text)) - {"{host}", "{port}"})
+    if unknown:
+        raise ValueError(f"{text!r} has unknown placeholder(s) {', '.join(unknown)}; use {{host}} and {{port}}")
     parsed = urlparse(text.replace("{host}", "h").replace("{port}", "1"))
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"{text!r} is not an http(s) URL")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or any(c.isspace() for c in text):
+        raise ValueError(f"{text!r} is not an http(s) URL, e.g. http://127.0.0.1:8500")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port: expected a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError(f"{text!r} has an invalid port: expected a number from 1 to 65535")
     return text
 
 
@@ -350,7 +361,12 @@ def parse_config(raw: Any, env: Mapping[str, str], source: str = "<string>") -> 
             except ValueError as error:
                 reader.problem(f"consul.addresses[{i}]", str(error))
     if env.get("CONSUL_HTTP_ADDR", "").strip():
-        addresses = [normalise_address(a) for a in env["CONSUL_HTTP_ADDR"].split(",") if a.strip()]
+        addresses = []
+        for address in (a for a in env["CONSUL_HTTP_ADDR"].split(",") if a.strip()):
+            try:
+                addresses.append(normalise_address(_url(normalise_address(address))))
+            except ValueError as error:
+                reader.problem("CONSUL_HTTP_ADDR (environment)", str(error))
     prefix = reader.get(c, "prefix", "consul", _string, "upstreams").strip("/")
     consul = ConsulConfig(
         addresses=tuple(addresses) or ("http://127.0.0.1:8500",),

@@ -31,6 +31,12 @@ class ServerAddress:
         try:
             ip = ipaddress.IPv4Address(host)
         except ValueError:
+            parts = host.split(".")
+            if len(parts) == 4 and all(part.isdigit() for part in parts):
+                raise UsageError(
+                    f"`{host}` in `{text}` is not an IPv4 address: each of its four numbers goes from 0 to 255 "
+                    f"(e.g. `{_EXAMPLE}`)."
+                ) from None
             raise UsageError(
                 f"`{host}` in `{text}` is not an IPv4 address; nginx-upsync-module skips hostnames. "
                 f"Use the server's IPv4 address, e.g. `{_EXAMPLE}`."

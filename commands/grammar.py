@@ -40,7 +40,7 @@ USAGE: dict[str, str] = {
     "/drain": "`/drain <ip:port> [app] [--force]`: take a server out of traffic (asks first)",
     "/undrain": "`/undrain <ip:port> [app] [--force]`: probe, then put a server back (`--force` skips the probe)",
     "/release": (
-        "`/release <app> [--serial | --batch N | --batch N%] [--canary] [--version V] [--dry-run]`\n"
+        "`/release <app> [--serial | --batch N | --batch N%] [--canary] [--version V] [--dry-run] [--force]`\n"
         "`/release status <app>`, `/release abort <app>`, "
         "`/release resume <app> [--restore | --leave]` (a release whose bot died)"
     ),
@@ -57,6 +57,8 @@ def usage(command: str = "") -> str:
 
 
 def _app_name(text: str, command: str) -> str:
+    if len(text) > 64:  # not echoed back: it could be a whole paste
+        raise UsageError(f"That app name is {len(text)} characters long: app names have at most 64.\n{usage(command)}")
     if not _APP_NAME.match(text):
         raise UsageError(f"`{text}` is not an app name (letters, digits, `.`, `_`, `-`).\n{usage(command)}")
     return text
@@ -179,6 +181,8 @@ def _parse(command: str, text: str) -> Request:
 def parse_line(line: str) -> Request:
     """Parse a whole line such as `/drain 10.0.0.5:9000` (terminal and `upstream-bot run`)."""
     line = line.strip()
+    if line.lower() in ("help", "?", "/help"):
+        return HelpRequest("")  # every command's usage
     if not line.startswith("/"):
         raise UsageError(f"`{line}` is not a command: commands start with `/`.\n{usage()}")
     command, _, rest = line.partition(" ")

@@ -27,7 +27,8 @@ class KeyChange:
 
     @property
     def impact(self) -> str:
-        return f"{self.app}: {self.serving_after} of {self.total_after} will be serving"
+        added = f"added with weight {self.after.get('weight')}; " if self.before is None and self.after else ""
+        return f"{self.app}: {added}{self.serving_after} of {self.total_after} will be serving"
 
 
 @dataclass(frozen=True)

@@ -143,8 +143,14 @@ def plan_release(
         second = True
         warnings.append(f"{app.name} has fewer than two healthy serving servers: it will be out of traffic")
     if request.batch_percent is not None:
-        size = max(1, math.ceil(len(serving) * request.batch_percent / 100))
+        exact = len(serving) * request.batch_percent / 100
+        size = max(1, math.ceil(exact))
         strategy = f"batch {request.batch_percent}%"
+        if size != exact:
+            warnings.append(
+                f"{request.batch_percent}% of {len(serving)} node(s) is {exact:g}: rounded up to {size} a batch "
+                f"({size * 100 // max(1, len(serving))}% out of traffic at once)"
+            )
     else:
         size = request.batch
         strategy = "serial" if size == 1 else f"batch {size}"

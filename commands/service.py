@@ -31,7 +31,7 @@ from commands.events import (
     StatusReport,
     WatchOffRequested,
 )
-from commands.grammar import usage
+from commands.grammar import CHANGING, usage
 from commands.history import History, HistoryEntry, NoHistory, iso, where_of
 from commands.interfaces import Clock, NginxReader, NginxView, Prober, UpstreamStore, quoted
 from commands.journal import JournalEntry
@@ -120,7 +120,10 @@ class CommandService:
             await notifier.emit(Problem(error.message))
             return Outcome.REFUSED
         except StoreError as error:
-            await notifier.emit(Problem(f"Nothing was changed: {error.message}"))
+            if isinstance(request, CHANGING):
+                await notifier.emit(Problem(f"Nothing was changed: {error.message}"))
+            else:  # a read: there was nothing to change; say what could not be read
+                await notifier.emit(Problem(f"Could not read Consul: {error.message}. Try again when it answers."))
             return Outcome.FAILED
 
     async def confirm(self, plan: ChangePlan, stage: int, actor: str, notifier: Notifier) -> Outcome:

@@ -257,3 +257,18 @@ async def test_with_yes_a_failure_is_left_drained_and_nothing_dangerous_is_chose
     front = TerminalFrontEnd(service, ask=ask, out=io.StringIO(), assume_yes=True)  # type: ignore[arg-type]
     await front.emit(decision(kind))
     assert service.decided == [chosen]
+
+
+def test_demo_refuses_a_config_it_would_not_use() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "demo", "--config", "mine.yml"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "embedded config" in done.stderr, done.stderr
+
+
+def test_the_terminal_shows_no_slack_mention_syntax() -> None:
+    from bot.terminal.render import event_lines
+    from commands.events import Problem
+
+    (line,) = event_lines(Problem("a release of app is running: started by <@local:root>; ask <!subteam^S0OPS>"))
+    assert line == "error: a release of app is running: started by @local:root; ask @S0OPS"

@@ -99,3 +99,40 @@ def test_check_config_notes_an_app_nobody_may_change() -> None:
         assert any("apps.app: no operators" in n for n in notes), raw
     _, notes = environment_problems(parse_config({"apps": {"app": {}}, "access": {"operators": ["S0OPS"]}}, {}), {})
     assert not any("no operators" in n for n in notes)
+
+
+@pytest.mark.parametrize("address", ["http://consul:abc", "not an address", "http://127.0.0.1:99999", "http://:8500"])
+def test_a_consul_address_that_cannot_be_used_is_a_problem_in_the_file_and_in_the_environment(address: str) -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["consul"] = {"addresses": [address]}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    assert any(p.startswith("consul.addresses[0]:") for p in error.value.problems), error.value.problems
+    with pytest.raises(ConfigError) as error:
+        parse_config(yaml.safe_load(CONTRACT_EXAMPLE), {"CONSUL_HTTP_ADDR": address})
+    assert any(p.startswith("CONSUL_HTTP_ADDR (environment):") for p in error.value.problems), error.value.problems
+
+
+def test_a_health_url_with_an_unknown_placeholder_is_a_problem() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["apps"]["app"]["health"]["url"] = "http://{hostname}:{port}/ping"
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    assert any("apps.app.health.url:" in p and "{hostname}" in p for p in error.value.problems)
+
+
+def test_run_with_a_bad_consul_address_says_so_and_exits_2(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(str(tmp_path)) / "upstream-bot.yml"
+    config.write_text("apps:\n  app: {}\n")
+    env = {**os.environ, "UPSTREAM_BOT_CONFIG": str(config), "CONSUL_HTTP_ADDR": "http://127.0.0.1:99999"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run", "/upstream status app"], env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "CONSUL_HTTP_ADDR" in done.stdout + done.stderr and "Traceback" not in done.stderr

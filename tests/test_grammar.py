@@ -92,3 +92,25 @@ def test_a_reason_and_a_version_cannot_carry_slack_markup() -> None:
     for version in ("<!channel>", "$(id)", "1;id", "a|b", "1'x"):
         with pytest.raises(UsageError, match="letters, digits and"):
             parse_line(f"/release app --version={version}")
+
+
+def test_help_alone_is_a_command_in_the_terminal() -> None:
+    from commands.requests import HelpRequest
+
+    for line in ("help", " HELP ", "?", "/help"):
+        assert parse_line(line) == HelpRequest("")
+
+
+def test_answers_that_say_the_right_thing() -> None:
+    import pytest
+
+    with pytest.raises(UsageError) as error:
+        parse_line("/drain 999.1.1.1:80")
+    assert "hostname" not in error.value.message and "0 to 255" in error.value.message
+    long_name = "a" * 3000
+    with pytest.raises(UsageError) as error:
+        parse_line(f"/upstream status {long_name}")
+    assert long_name not in error.value.message and "3000 characters" in error.value.message
+    from commands.grammar import usage
+
+    assert "--force" in usage("/release")

@@ -385,3 +385,15 @@ async def test_a_nodes_own_words_in_a_failure_never_carry_markup() -> None:
     state = await r.engine.run()
     said = " ".join([*r.notifier.lines(), state.message, *(d.reason for d in r.notifier.decisions())])
     assert "ping" in said and "<!subteam" not in said and "<@U2BOB>" not in said and "<https://" not in said
+
+
+def test_a_batch_percentage_that_does_not_divide_says_it_rounded_up_and_what_share_is_out() -> None:
+    from commands.servers import DEFAULTS, ServerEntry, Upstream
+
+    nodes = NODES[:3]
+    upstream = Upstream("app", tuple(ServerEntry(ServerAddress.parse(n), dict(DEFAULTS), 1) for n in nodes))
+    plan = plan_release(app_settings(), ReleaseRequest("app", batch_percent=50), "U1", upstream, {}, _view())
+    assert [len(b) for b in plan.batches] == [2, 1]
+    assert any(
+        "50% of 3 node(s) is 1.5: rounded up to 2 a batch (66% out of traffic at once)" in w for w in plan.warnings
+    )

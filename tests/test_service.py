@@ -173,6 +173,7 @@ async def test_add_probes_before_asking_then_creates_and_remove_drains_then_dele
     new = f"127.0.0.1:{services[1]}"
     _, notifier = await run(service, f"/upstream add app {new} weight=3")
     assert "probe: passed" in " ".join(notifier.of(ConfirmationNeeded)[0].plan.warnings)  # the question shows it
+    assert "added with weight 3" in notifier.of(ConfirmationNeeded)[0].plan.impact[0]  # and the weight asked for
     await service.confirm(notifier.of(ConfirmationNeeded)[0].plan, 1, "U1ALICE", notifier)
     assert json.loads(consul.value(f"upstreams/app/{new}") or "") == {
         "weight": 3,
@@ -259,8 +260,13 @@ async def test_consul_unreachable_is_a_clear_answer_that_changes_nothing(make_se
             FakeClock(),
         )
         outcome, notifier = await run(service, f"/drain 127.0.0.1:{services[0]}")
+        read_outcome, read_notifier = await run(service, "/upstream status app")
     assert outcome is Outcome.FAILED
     assert f"Consul unreachable for reading upstreams/app/: {dead}: connection refused" in notifier.of(Problem)[0].text
+    assert notifier.of(Problem)[0].text.startswith("Nothing was changed")
+    # A read says what could not be read, not that nothing was changed.
+    assert read_outcome is Outcome.FAILED
+    assert read_notifier.of(Problem)[0].text.startswith("Could not read Consul: Consul unreachable")
 
 
 async def test_a_down_value_nginx_finds_invalid_is_shown_as_serving_and_released_as_serving(

@@ -44,6 +44,19 @@ def test_healthz(bot: Bot) -> None:
     assert httpx.get(f"{bot.url}/healthz").json() == {"ok": True}
 
 
+def test_readyz_fails_while_consul_cannot_be_read_and_says_why_while_healthz_stays_up(bot: Bot) -> None:
+    assert httpx.get(f"{bot.url}/readyz").json() == {"ok": True}
+    bot.consul.standin.faults.status = 500
+    try:
+        answer = httpx.get(f"{bot.url}/readyz", timeout=10)
+        assert answer.status_code == 503 and answer.json()["ok"] is False
+        assert "Consul" in answer.json()["reason"], answer.json()
+        assert httpx.get(f"{bot.url}/healthz").json() == {"ok": True}  # alive, not ready
+    finally:
+        bot.consul.standin.faults.status = 0
+    assert httpx.get(f"{bot.url}/readyz", timeout=10).json() == {"ok": True}
+
+
 @pytest.mark.parametrize(
     "headers",
     [
@@ -176,6 +189,8 @@ def test_500_servers_fit_slacks_limits_and_page(seeded: Bot) -> None:
     (next_page,) = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
     seeded.press("status_page", next_page["value"])
     seeded.said(lambda c: "page 2 of 10" in c.text and c.args.get("replace_original"), method="response_url")
+    seeded.command("/upstream", "status big --page 12")
+    seeded.said(lambda c: "There is no page 12" in c.text and "page 10 of 10" in c.text, method="chat.postEphemeral")
 
 
 def test_acknowledged_before_consul_answers(seeded: Bot) -> None:

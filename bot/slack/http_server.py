@@ -1,13 +1,18 @@
-"""HTTP transport for Slack: `POST /slack/events` (commands, interactivity) and `GET /healthz`."""
+"""HTTP transport for Slack: `POST /slack/events` (commands, interactivity), `GET /healthz` (liveness:
+the process answers) and `GET /readyz` (readiness: Consul can be read; 503 with the reason otherwise)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
 
-def build_web_app(app: AsyncApp) -> web.Application:
+def build_web_app(app: AsyncApp, unready: Callable[[], Awaitable[str | None]] | None = None) -> web.Application:
+    """`unready`: why the bot cannot work now (None: ready)."""
+
     async def events(request: web.Request) -> web.Response:
         bolt_response = await app.async_dispatch(await to_bolt_request(request))
         response = await to_aiohttp_response(bolt_response)
@@ -19,7 +24,14 @@ def build_web_app(app: AsyncApp) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def readyz(request: web.Request) -> web.Response:
+        why = await unready() if unready is not None else None
+        if why:
+            return web.json_response({"ok": False, "reason": why}, status=503)
+        return web.json_response({"ok": True})
+
     web_app = web.Application()
     web_app.router.add_post("/slack/events", events)
     web_app.router.add_get("/healthz", healthz)
+    web_app.router.add_get("/readyz", readyz)
     return web_app

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from bot.slack.app import BotTokenRefused, build_app, make_client, warm_up
 from bot.slack.directory import ApproverDirectory
 from bot.slack.front import SlackFrontEnd
 from bot.slack.http_server import build_web_app
+from commands.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
                 # Every replica looks; the journal's check-and-set lets one tell each interrupted release.
                 InterruptionMonitor(service.releases, list(config.apps)).start(front.channel_notifier())
             if http:
-                runner = web.AppRunner(build_web_app(app), access_log=None)
+                runner = web.AppRunner(build_web_app(app, _consul_unready(service.store)), access_log=None)
                 await runner.setup()
                 await web.TCPSite(runner, host, port).start()
                 print(f"upstream-bot serving Slack at http://{host}:{port}/slack/events", flush=True)
@@ -93,3 +95,24 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
                     async with asyncio.timeout(3):
                         await service.watches.settle()
     return 0
+
+
+READY_TIMEOUT = 2.0  # seconds /readyz waits for Consul
+
+
+def _consul_unready(store: object) -> Callable[[], Awaitable[str | None]]:
+    """For /readyz: None while Consul answers (status/leader, within READY_TIMEOUT), else why not."""
+
+    async def unready() -> str | None:
+        if not isinstance(store, ConsulStore):
+            return None
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                leader = await store.leader()
+        except StoreError as error:
+            return f"Consul cannot be read: {error.message}"
+        except TimeoutError:
+            return f"Consul did not answer within {READY_TIMEOUT:g} s"
+        return None if leader else "Consul has no leader"
+
+    return unready

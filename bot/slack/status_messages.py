@@ -51,9 +51,15 @@ def status_message(report: StatusReport) -> Message:
         if drained:
             blocks.append(context(_listed(drained, "drained servers")))
     shown = report.servers[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+    past = (
+        f"There is no page {report.page}: {len(report.servers)} servers make {total_pages} page(s); "
+        f"this is the last. "
+        if report.page > total_pages
+        else ""
+    )
     blocks.append(
         context(
-            f"Servers {(page - 1) * PAGE_SIZE + 1}-{(page - 1) * PAGE_SIZE + len(shown)} "
+            f"{past}Servers {(page - 1) * PAGE_SIZE + 1}-{(page - 1) * PAGE_SIZE + len(shown)} "
             f"of {len(report.servers)} (page {page} of {total_pages})"
         )
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from commands.events import (
@@ -240,7 +241,20 @@ RESUME_QUESTIONS = {
 }
 
 
+# The mentions commands/ writes for Slack (`<@U1>`, `<!subteam^S1>`, `<#C1>`): plain in a terminal.
+_MENTION = re.compile(r"<(?:@|!subteam\^|#)([^<>|\s]+)>")
+
+
+def plain(line: str) -> str:
+    """A line without Slack's mention syntax: `<@U1ALICE>` is `@U1ALICE`."""
+    return _MENTION.sub(lambda m: f"{'#' if m.group(0).startswith('<#') else '@'}{m.group(1)}", line)
+
+
 def event_lines(event: Event) -> list[str]:
+    return [plain(line) for line in _event_lines(event)]
+
+
+def _event_lines(event: Event) -> list[str]:
     match event:
         case WatchEvent():
             return watch_lines(event, time.time())
