@@ -13,6 +13,7 @@ from commands.requests import (
     DrainRequest,
     HelpRequest,
     HistoryRequest,
+    MarkRequest,
     ReleaseAbortRequest,
     ReleaseRequest,
     ReleaseResumeRequest,
@@ -34,6 +35,7 @@ USAGE: dict[str, str] = {
         "`/upstream remove <app> <ip:port>`: drain, then remove the server\n"
         "`/upstream watch <app> on|off`: the health watch of an app\n"
         "`/upstream alerts [app]`: open health incidents\n"
+        "`/upstream ack|silence <app> [ip:port]`: acknowledge an alert (no more reminders), or silence it 1 h\n"
         "`/upstream history <app> [ip:port] [--limit N]`: who changed what, newest first\n"
         'Every change takes `--reason "..."`, recorded in the history and shown in the channel.'
     ),
@@ -226,6 +228,11 @@ def _parse_upstream(words: list[str]) -> Request:
         if positional[1].lower() not in ("on", "off"):
             raise UsageError(f"`{positional[1]}`: say `on` or `off`.\n{usage(command)}")
         return WatchRequest(_app_name(positional[0], command), positional[1].lower() == "on")
+    if sub in ("ack", "silence"):
+        positional, _ = _split_flags(command, rest, {})
+        _expect(command, positional, 1, 2, f"an app and maybe a server: `/upstream {sub} <app> [ip:port]`")
+        address = ServerAddress.parse(positional[1]) if len(positional) == 2 else None
+        return MarkRequest(_app_name(positional[0], command), address, "acknowledge" if sub == "ack" else "silence")
     if sub == "history":
         positional, flags = _split_flags(command, rest, {"--limit": True})
         _expect(command, positional, 1, 2, "an app: `/upstream history <app> [ip:port] [--limit N]`")

@@ -100,6 +100,16 @@ class HistoryRequest:
     limit: int = 20
 
 
+@dataclass(frozen=True)
+class MarkRequest:
+    """`/upstream ack|silence <app> [ip:port]`: an alert's Acknowledge or Silence 1 h, typed (the
+    terminal has no buttons). No address: the app's own incident (the watch cannot see it)."""
+
+    app: str
+    address: ServerAddress | None
+    what: str  # "acknowledge" | "silence"
+
+
 Request = (
     HelpRequest
     | StatusRequest
@@ -114,6 +124,7 @@ Request = (
     | WatchRequest
     | AlertsRequest
     | HistoryRequest
+    | MarkRequest
 )
 
 # Requests that change Consul: they are planned, confirmed, then applied.

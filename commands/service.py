@@ -6,6 +6,7 @@ import asyncio
 import enum
 import ipaddress
 import json
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -55,6 +56,7 @@ from commands.requests import (
     DrainRequest,
     HelpRequest,
     HistoryRequest,
+    MarkRequest,
     ReleaseAbortRequest,
     ReleaseRequest,
     ReleaseResumeRequest,
@@ -71,7 +73,12 @@ from commands.settings import AppSettings
 from commands.watch import Incident, WatchControl
 from commands.writes import Written, delete_entry, write_entry
 
+SILENCE_FOR = 3600.0  # `/upstream silence`, as the alert's "Silence 1 h"
 WATCH = "turn the watch of"  # what the policy's refusal says a person may not do to the watch
+
+
+def _when(at: float) -> str:
+    return time.strftime("%H:%M UTC", time.gmtime(at))
 
 
 class Outcome(enum.Enum):
@@ -195,7 +202,31 @@ class CommandService:
                 entries = await self.history.entries(app.name, target, limit)
                 await notifier.emit(HistoryReport(app.name, target, tuple(entries)))
                 return Outcome.DONE
+            case MarkRequest(app=name, address=address, what=what):
+                return await self._mark(self.app(name).name, address, what, requester, notifier)
         raise UserError(f"unsupported request {request!r}")
+
+    async def _mark(
+        self, app: str, address: ServerAddress | None, what: str, requester: str, notifier: Notifier
+    ) -> Outcome:
+        """`/upstream ack|silence`: the alert buttons for a terminal (and for anyone who prefers typing)."""
+        watch = self.watches.watch(app) if self.watches else None
+        found = next((i for i in watch.incidents() if i.address == address), None) if watch else None
+        what_of = f"{address} of {app}" if address else f"{app} (the watch cannot see it)"
+        if found is None:
+            await notifier.emit(Notice(f"No open incident for {what_of}; nothing to {what}. `/upstream alerts {app}`."))
+            return Outcome.REFUSED
+        until = self.clock.now() + SILENCE_FOR
+        marked = await self.mark_incident(app, found.id, what, requester, until, notifier)
+        if marked is None:
+            await notifier.emit(Notice(f"The incident of {what_of} is already resolved."))
+            return Outcome.REFUSED
+        if what == "silence":
+            text = f"Silenced for 1 h: no reminder and no new alert for {what_of} until {_when(until)}."
+        else:
+            text = f"Acknowledged by {requester}: no more reminders for {what_of}; its recovery is still said."
+        await notifier.emit(Notice(text))
+        return Outcome.DONE
 
     async def set_watch(self, app: str, on: bool, who: str, reason: str | None, notifier: Notifier) -> Outcome:
         """Turn the watch of `app` on or off (off was confirmed); announced in the channel, naming who."""

@@ -21,7 +21,7 @@ from commands.history import MemoryHistory
 from commands.service import CommandService, Outcome
 from commands.settings import AppSettings, HealthSettings, NginxSettings
 from tests.conftest import Consul
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, FakeNginx, FakeProber, FakeStore
 from tests.helpers import RecordingNotifier
 
 
@@ -295,3 +295,46 @@ async def test_a_down_value_nginx_finds_invalid_is_shown_as_serving_and_released
     app = dataclasses.replace(service.apps["app"], release=ReleaseSettings(steps={"stop": StepSpec("true")}))
     plan = plan_release(app, ReleaseRequest("app", dry_run=True), "U1ALICE", upstream, {}, view)
     assert odd in {str(a) for a in plan.nodes} and not plan.skipped
+
+
+async def test_alerts_are_acknowledged_and_silenced_by_command_where_there_are_no_buttons() -> None:
+    from commands.addresses import ServerAddress
+    from commands.interfaces import NginxView, ProbeResult
+    from commands.servers import ServerEntry, Upstream
+    from commands.watch import AppWatch
+
+    app = app_settings()
+    watch = AppWatch(app)
+    node = ServerAddress.parse("10.0.0.1:9000")
+    up = Upstream("app", (ServerEntry(node, {"down": 0}, 1),))
+    for i in range(20):  # failing for longer than the window: one open incident
+        watch.observe(i * 10.0, up, {node: ProbeResult(False, "connection refused")}, NginxView())
+    (incident,) = watch.incidents()
+
+    class Watches:
+        def watch(self, name: str) -> AppWatch | None:
+            return watch if name == "app" else None
+
+        def set_enabled(self, name: str, on: bool) -> str:
+            return ""
+
+    store = FakeStore("app", [str(node)])
+    service = CommandService(
+        {"app": app},
+        store,
+        FakeProber(),
+        FakeNginx(store),
+        FakeClock(),
+        watches=Watches(),
+        policy=AccessPolicy({"app": app}, operators=("U1ALICE",)),
+        history=MemoryHistory(),
+    )
+    outcome, notifier = await run(service, "/upstream silence app 10.0.0.1:9000", "U2MALLORY")
+    assert outcome is Outcome.REFUSED and incident.silenced_until is None  # operators only, as the buttons
+    outcome, notifier = await run(service, "/upstream silence app 10.0.0.1:9000")
+    assert outcome is Outcome.DONE and incident.silenced_until is not None
+    assert "Silenced for 1 h" in notifier.of(Notice)[0].text
+    outcome, notifier = await run(service, "/upstream ack app 10.0.0.1:9000")
+    assert outcome is Outcome.DONE and incident.acknowledged_by == "U1ALICE"
+    outcome, notifier = await run(service, "/upstream ack app 10.0.0.2:9000")
+    assert outcome is Outcome.REFUSED and "No open incident for 10.0.0.2:9000" in notifier.of(Notice)[0].text
