@@ -87,10 +87,11 @@ def test_check_config_reports_every_problem_with_its_path(tmp_path: Path) -> Non
 
 
 def test_demo_takes_the_same_commands_at_its_prompt() -> None:
-    base = next(p for p in range(19001, 19900, 10) if all(port_free(p + i) for i in range(3)))
+    base = next(p for p in range(19001, 19900, 10) if all(port_free(p + i) for i in range(4)))
     script = (
         f"/upstream status app\n/drain 127.0.0.1:{base}\ny\n/upstream status app\n"
-        f"/undrain 127.0.0.1:{base}\ny\n/upstream status app\nexit\n"  # /undrain asks first too
+        f"/undrain 127.0.0.1:{base}\ny\n/upstream status app\n"  # /undrain asks first too
+        f"help\n/upstream add app 127.0.0.1:{base + 3}\ny\n/upstream status app\nexit\n"  # the spare service
     )
     result = upstream_bot("demo", "--base-port", str(base), stdin=script)
     assert result.returncode == 0, result.stderr
@@ -98,6 +99,9 @@ def test_demo_takes_the_same_commands_at_its_prompt() -> None:
     assert out.count("app: 3 of 3 serving") == 2 and "app: 2 of 3 serving" in out
     assert re.search(rf"127\.0\.0\.1:{base}\s+DRAINED", out)
     assert "probe: ok (200 OK)" in out
+    assert f"not in the upstream yet, answers at 127.0.0.1:{base + 3}" in out  # said in the banner
+    assert "/release <app>" in out and "is not a command" not in out  # help is a command
+    assert "app: 4 of 4 serving" in out
 
 
 def release_config(tmp_path: Path, deploy: str = "true", extra: str = "") -> Path:

@@ -23,8 +23,9 @@ from bot.terminal.frontend import PROMPT_FORM, TerminalFrontEnd
 from commands.servers import DEFAULTS, encode
 from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings, StepSpec
 
-BANNER = """upstream-bot demo: Consul stand-in at {consul}, app served by {servers}.
-Try:  /upstream status app   /drain {first}   /undrain {first}   /upstream add app 127.0.0.1:PORT
+BANNER = """upstream-bot demo: Consul stand-in at {consul}, app served by {servers};
+a spare sample service, not in the upstream yet, answers at {spare}.
+Try:  /upstream status app   /drain {first}   /undrain {first}   /upstream add app {spare}
       /release app --version 2   /release app --dry-run   /upstream alerts   help, exit"""
 
 
@@ -52,7 +53,8 @@ def demo_config(consul_url: str, ports: list[int], state: Path) -> Config:
 
 async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = False) -> int:
     ports = list(range(base_port, base_port + count))
-    busy = [p for p in ports if not port_free(p)]
+    spare = base_port + count  # running, not registered: something to try `/upstream add` on
+    busy = [p for p in [*ports, spare] if not port_free(p)]
     if busy:
         print(
             f"error: port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; stop what uses them "
@@ -65,7 +67,7 @@ async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = Fal
     server = ServerThread(standin.app()).start()
     state = Path(tempfile.mkdtemp(prefix="upstream-bot-demo-"))
     try:
-        for port in ports:
+        for port in [*ports, spare]:
             start_sample_service(port, state_dir=state)
         config = demo_config(server.url, ports, state)
         async with service_for(config, echo=None) as service:
@@ -76,12 +78,15 @@ async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = Fal
                 service.watches.start(front)
             finished = await front.repl(
                 BANNER.format(
-                    consul=server.url, servers=", ".join(f"127.0.0.1:{p}" for p in ports), first=f"127.0.0.1:{ports[0]}"
+                    consul=server.url,
+                    servers=", ".join(f"127.0.0.1:{p}" for p in ports),
+                    first=f"127.0.0.1:{ports[0]}",
+                    spare=f"127.0.0.1:{spare}",
                 )
             )
         return 0 if finished else EXIT_INTERRUPTED  # left with a second Ctrl-C during a command
     finally:
-        for port in ports:
+        for port in [*ports, spare]:
             stop_sample_service(port, state)
         server.stop()
         shutil.rmtree(state, ignore_errors=True)
