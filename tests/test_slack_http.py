@@ -44,6 +44,20 @@ def test_healthz(bot: Bot) -> None:
     assert httpx.get(f"{bot.url}/healthz").json() == {"ok": True}
 
 
+def test_metrics_count_commands_acks_and_consul_calls_in_prometheus_text(seeded: Bot) -> None:
+    seeded.command("/upstream", "status app")
+    seeded.said(lambda c: "2 of 2 serving" in c.text, method="chat.postEphemeral")
+    seeded.command("/upstream", "stats app")  # not a command: counted as usage
+    seeded.said(lambda c: "unknown subcommand" in c.text, method="chat.postEphemeral")
+    answer = httpx.get(f"{seeded.url}/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    text = answer.text
+    assert 'upstream_bot_commands_total{command="/upstream",outcome="done"} 1.0' in text
+    assert 'upstream_bot_commands_total{command="/upstream",outcome="usage"} 1.0' in text
+    assert "upstream_bot_slack_ack_seconds_count 2.0" in text
+    assert 'upstream_bot_consul_call_seconds_count{outcome="ok"}' in text
+
+
 def test_readyz_fails_while_consul_cannot_be_read_and_says_why_while_healthz_stays_up(bot: Bot) -> None:
     assert httpx.get(f"{bot.url}/readyz").json() == {"ok": True}
     bot.consul.standin.faults.status = 500

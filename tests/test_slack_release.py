@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bot.processes import free_port, start_sample_service, stop
@@ -101,6 +102,10 @@ def test_a_release_from_slack_posts_one_progress_message_and_edits_it(seeded: Bo
     assert len(edits) <= span + 2  # coalesced: at most about one edit a second
     assert all(down(seeded, "web", p) == 0 for p in services[:2])
     assert "2 of 2 released" in finished.text
+    metrics = httpx.get(f"{seeded.url}/metrics").text  # the release, as Prometheus sees it
+    assert 'upstream_bot_releases_started_total{app="web"} 1.0' in metrics
+    assert 'upstream_bot_releases_finished_total{app="web",outcome="succeeded"} 1.0' in metrics
+    assert 'upstream_bot_release_node_seconds_count{app="web",phase="total"} 2.0' in metrics
     # The release's last word, in the thread after the final edit (and nothing left for the next test).
     seeded.said(lambda c: c.args.get("thread_ts") == posts[0].answer["ts"] and "succeeded" in c.text)
 

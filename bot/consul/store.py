@@ -36,6 +36,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import consul
 
+from bot.metrics import CONSUL_ERRORS, CONSUL_SECONDS
 from commands.addresses import ServerAddress
 from commands.errors import (
     StoreError,
@@ -146,6 +147,17 @@ class ConsulStore:
     # -- the failover core ------------------------------------------------------------------------
 
     async def call(self, operation: Callable[[consul.Consul], T], what: str, *, write: bool = False) -> T:
+        started = time.monotonic()
+        try:
+            result = await self._call(operation, what, write=write)
+        except StoreError as error:
+            CONSUL_SECONDS.labels("error").observe(time.monotonic() - started)
+            CONSUL_ERRORS.labels(type(error).__name__).inc()
+            raise
+        CONSUL_SECONDS.labels("ok").observe(time.monotonic() - started)
+        return result
+
+    async def _call(self, operation: Callable[[consul.Consul], T], what: str, *, write: bool = False) -> T:
         """Run one python-consul2 call against the addresses in turn (see the module's docstring).
 
         `write=True` for a request that is not safe to send twice (kv put, delete, txn): once it may

@@ -30,6 +30,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from bot.consul.election import WatchElection
 from bot.consul.watch_state import AppState, WatchStateKV, encode
 from bot.health.probe_worker import ProbeWorker
+from bot.metrics import OPEN_INCIDENTS, PROBES
 from commands.addresses import ServerAddress
 from commands.errors import StoreError
 from commands.events import Notifier
@@ -384,16 +385,21 @@ class HealthWatcher:
                     # is one "cannot see" alert, as when Consul or nginx cannot be read.
                     term = self._adopted_term if self.state is not None else None
                     reason = "the health probe worker did not answer (it is started again next round)"
+                    PROBES.labels(name, "unknown").inc(len(serving))
                     await self._post(watch.unseen(self.clock.now(), reason), term)
                     return
                 probes = dict(zip(serving, got, strict=True))
             else:
                 probes = await probe_nodes(self.prober, app, serving, app.watch.concurrency)
         self.stats[name].probes += len(probes)
+        healthy = sum(1 for p in probes.values() if p.healthy)
+        PROBES.labels(name, "healthy").inc(healthy)
+        PROBES.labels(name, "failing").inc(len(probes) - healthy)
         # The leadership whose incidents were loaded: an alert is posted only while it lasts.
         term = self._adopted_term if self.state is not None else None
         events = watch.observe(self.clock.now(), upstream, probes, view, releasing)
         await self._post(events, term)
+        OPEN_INCIDENTS.labels(name).set(len(watch.incidents()))
         if self.state is not None:
             await self._persist(watch, events)
 

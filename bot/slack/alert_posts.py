@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
+from bot.metrics import ALERTS_POSTED
 from bot.slack.alert_messages import (
     alert_message,
     drained_reminder_message,
@@ -200,6 +201,7 @@ class AlertPosts:
             self._current = queued = self._queue.popleft()
             try:
                 await self._deliver(queued)
+                ALERTS_POSTED.labels(queued.event.kind).inc()
             except _Dropped as why:
                 self.dropped += 1
                 event = queued.event

@@ -10,6 +10,8 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookResponse
 
+from bot.metrics import SLACK_ERRORS
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -36,15 +38,19 @@ async def slack_call(method: str, channel: str | None, call: Awaitable[T]) -> T 
         result = await call
     except SlackApiError as error:
         log.error("Slack %s (channel %s) refused: %s", method, where, slack_error(error))
+        SLACK_ERRORS.labels(method, slack_error(error)).inc()
         return None
     except (aiohttp.ClientError, OSError, TimeoutError) as error:  # TimeoutError: the client's own timeout
         log.error("Slack %s (channel %s) failed, Slack unreachable: %s", method, where, repr(error))
+        SLACK_ERRORS.labels(method, "unreachable").inc()
         return None
     except Exception:
         log.exception("Slack %s (channel %s) failed unexpectedly", method, where)
+        SLACK_ERRORS.labels(method, "bug").inc()
         return None
     # A response_url (webhook) answers with a status instead of raising.
     if isinstance(result, WebhookResponse) and not 200 <= result.status_code < 300:
         log.error("Slack %s (channel %s) refused: HTTP %s %s", method, where, result.status_code, result.body[:200])
+        SLACK_ERRORS.labels(method, f"HTTP {result.status_code}").inc()
         return None
     return result

@@ -1,21 +1,27 @@
 """HTTP transport for Slack: `POST /slack/events` (commands, interactivity), `GET /healthz` (liveness:
-the process answers) and `GET /readyz` (readiness: Consul can be read; 503 with the reason otherwise)."""
+the process answers) and `GET /readyz` (readiness: Consul can be read; 503 with the reason otherwise) and `GET /metrics`
+(Prometheus text format, bot/metrics.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
+from bot.metrics import ACK_SECONDS, CONTENT_TYPE, exposition
+
 
 def build_web_app(app: AsyncApp, unready: Callable[[], Awaitable[str | None]] | None = None) -> web.Application:
     """`unready`: why the bot cannot work now (None: ready)."""
 
     async def events(request: web.Request) -> web.Response:
+        started = time.perf_counter()
         bolt_response = await app.async_dispatch(await to_bolt_request(request))
         response = await to_aiohttp_response(bolt_response)
+        ACK_SECONDS.observe(time.perf_counter() - started)
         if response.status == 200:
             # Taken: handlers are idempotent, but a retry would only repeat work.
             response.headers["X-Slack-No-Retries"] = "1"
@@ -30,8 +36,12 @@ def build_web_app(app: AsyncApp, unready: Callable[[], Awaitable[str | None]] | 
             return web.json_response({"ok": False, "reason": why}, status=503)
         return web.json_response({"ok": True})
 
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
+
     web_app = web.Application()
     web_app.router.add_post("/slack/events", events)
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
+    web_app.router.add_get("/metrics", metrics)
     return web_app

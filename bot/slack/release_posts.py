@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from bot.metrics import NODE_SECONDS, RELEASES_FINISHED, RELEASES_STARTED
 from bot.slack.blocks import Blocks
 from bot.slack.calls import slack_call
 from bot.slack.mrkdwn import code_block, mention
@@ -41,6 +42,8 @@ class ReleasePosts:
             progress = ProgressMessage(self.front.client, where.get("channel") or self.front.release_channel(origin))
             progress.ts = where.get("ts")
             self.progresses[state.plan.id] = progress
+            if not where:  # not one taken up after its bot died
+                RELEASES_STARTED.labels(state.plan.app).inc()
         return progress
 
     async def interrupted(self, event: ReleaseInterrupted, origin: str) -> None:
@@ -85,6 +88,12 @@ class ReleasePosts:
         await self.front.post(self.front.release_channel(origin), message)
 
     async def finished(self, state: ReleaseState, origin: str) -> None:
+        RELEASES_FINISHED.labels(state.plan.app, state.status.value).inc()
+        for node in state.nodes.values():
+            for phase, seconds in node.durations.items():
+                NODE_SECONDS.labels(state.plan.app, phase).observe(seconds)
+            if node.started_at is not None and node.finished_at is not None:
+                NODE_SECONDS.labels(state.plan.app, "total").observe(node.finished_at - node.started_at)
         progress = self.progress(state, origin)
         progress.reply(finished_line(state))  # sent after the final edit
         # In the background: with Slack down, finish retries for about 30 s; nothing waits for that.

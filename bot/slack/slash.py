@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from bot.metrics import COMMANDS
 from bot.slack.front import SlackFrontEnd
 from bot.slack.mrkdwn import own
 from bot.slack.status_messages import status_message
@@ -57,9 +58,13 @@ class SlashCommands:
         try:
             request = parse(command["command"], command.get("text", ""))
         except UserError as error:
+            COMMANDS.labels(command["command"], "usage").inc()
             await notifier.emit(Problem(error.message))
             return
-        await self.front.guarded(self.front.service.handle(request, user, notifier), notifier, command["command"])
+        outcome = await self.front.guarded(
+            self.front.service.handle(request, user, notifier), notifier, command["command"]
+        )
+        COMMANDS.labels(command["command"], getattr(outcome, "value", "failed")).inc()
 
     async def on_status_page(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
