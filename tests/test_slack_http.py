@@ -229,3 +229,10 @@ def test_manifest_names_every_command_the_bot_registers() -> None:
     assert {c["command"] for c in manifest["features"]["slash_commands"]} == set(COMMANDS)
     assert {"commands", "chat:write", "usergroups:read"} <= set(manifest["oauth_config"]["scopes"]["bot"])
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
+
+
+def test_serve_starts_without_bolts_unused_token_warning(tmp_path: Path) -> None:
+    with running_bot(tmp_path, "apps:\n  app: {}\n") as running:
+        assert httpx.get(f"{running.url}/healthz").json() == {"ok": True}
+        log = (tmp_path / "bot.log").read_text()
+    assert "upstream-bot serving Slack" in log and "will be unused" not in log

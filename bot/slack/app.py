@@ -76,7 +76,19 @@ def register(app: AsyncApp, front: SlackFrontEnd) -> None:
     app.action("watch_ack")(alerts.on_acknowledge)
 
 
+class _ClientGiven(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment even when given a client (ours carries that token
+    with our timeout, API URL and rate-limit retries), then warns the token is unused: it is in use."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+_CLIENT_GIVEN = _ClientGiven()
+
+
 def build_app(front: SlackFrontEnd, signing_secret: str | None) -> AsyncApp:
+    logging.getLogger("slack_bolt.AsyncApp").addFilter(_CLIENT_GIVEN)
     app = AsyncApp(
         client=front.client,
         signing_secret=signing_secret,
