@@ -31,7 +31,7 @@ class AlertButtons:
 
     async def on_drain(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._drain(body))
+        self.front.spawn(self._drain(body), body)
 
     async def _drain(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
@@ -48,11 +48,11 @@ class AlertButtons:
 
     async def on_silence(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._mark(body, "silence"))
+        self.front.spawn(self._mark(body, "silence"), body)
 
     async def on_acknowledge(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._mark(body, "acknowledge"))
+        self.front.spawn(self._mark(body, "acknowledge"), body)
 
     async def _mark(self, body: dict[str, Any], what: str) -> None:
         user, notifier = self.front.presser(body)

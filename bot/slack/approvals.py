@@ -74,7 +74,7 @@ class Approvals:
 
     async def on_approve(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._approve(body))
+        self.front.spawn(self._approve(body), body)
 
     async def _approve(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
@@ -92,7 +92,7 @@ class Approvals:
 
     async def on_reject(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._ask_reason(body))
+        self.front.spawn(self._ask_reason(body), body)
 
     async def _ask_reason(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
@@ -115,7 +115,7 @@ class Approvals:
 
     async def on_reject_submitted(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()  # closes the modal; the rejection is said in the channel
-        self.front.spawn(self._submitted(body))
+        self.front.spawn(self._submitted(body), body)
 
     async def _submitted(self, body: dict[str, Any]) -> None:
         view = body.get("view") or {}

@@ -27,6 +27,8 @@ from commands.events import Problem
 from commands.service import CommandService
 
 log = logging.getLogger(__name__)
+# What reading a payload of the wrong shape raises (a missing key, a number where a dict was expected).
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
 class SlackFrontEnd:
@@ -77,11 +79,24 @@ class SlackFrontEnd:
 
     # -- background work --------------------------------------------------------------------------
 
-    def spawn(self, work: Coroutine[Any, Any, object]) -> None:
-        """Run `work` after the acknowledgement has gone out; keep a reference until it ends."""
-        task = asyncio.get_running_loop().create_task(work)
+    def spawn(self, work: Coroutine[Any, Any, object], payload: Any = None) -> None:
+        """Run `work` after the acknowledgement has gone out; keep a reference until it ends. With the
+        request's `payload`, work that trips over its shape (a field missing or of the wrong type) is a
+        malformed request: logged once, without a traceback, and answered where the payload says how."""
+        task = asyncio.get_running_loop().create_task(work if payload is None else self._shaped(work, payload))
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    async def _shaped(self, work: Coroutine[Any, Any, object], payload: Any) -> None:
+        try:
+            await work
+        except MALFORMED as error:
+            log.warning("malformed Slack request ignored (%s: %s)", type(error).__name__, error)
+            url = payload.get("response_url") if isinstance(payload, dict) else None
+            if isinstance(url, str) and url.startswith(("https://", "http://")):
+                await self.respond(
+                    url, None, text="That request was malformed; nothing was done.", response_type="ephemeral"
+                )
 
     def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)

@@ -4,6 +4,7 @@ the process answers) and `GET /readyz` (readiness: Consul can be read; 503 with 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,6 +13,9 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
 from bot.metrics import ACK_SECONDS, CONTENT_TYPE, exposition
+from bot.slack.front import MALFORMED
+
+log = logging.getLogger(__name__)
 
 
 def build_web_app(app: AsyncApp, unready: Callable[[], Awaitable[str | None]] | None = None) -> web.Application:
@@ -19,7 +23,11 @@ def build_web_app(app: AsyncApp, unready: Callable[[], Awaitable[str | None]] | 
 
     async def events(request: web.Request) -> web.Response:
         started = time.perf_counter()
-        bolt_response = await app.async_dispatch(await to_bolt_request(request))
+        try:
+            bolt_response = await app.async_dispatch(await to_bolt_request(request))
+        except MALFORMED as error:  # a body Bolt cannot even read (`payload=5`): nothing was done
+            log.warning("malformed Slack request refused (%s: %s)", type(error).__name__, error)
+            return web.json_response({"ok": False, "error": "malformed request"}, status=400)
         response = await to_aiohttp_response(bolt_response)
         ACK_SECONDS.observe(time.perf_counter() - started)
         if response.status == 200:

@@ -25,11 +25,11 @@ class Presses:
 
     async def on_confirm(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._press(body, confirmed=True))
+        self.front.spawn(self._press(body, confirmed=True), body)
 
     async def on_cancel(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._press(body, confirmed=False))
+        self.front.spawn(self._press(body, confirmed=False), body)
 
     async def _press(self, body: dict[str, Any], confirmed: bool) -> None:
         user, notifier = self.front.presser(body)

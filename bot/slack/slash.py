@@ -40,7 +40,7 @@ class SlashCommands:
         if not self._first_time(command.get("trigger_id")):
             log.info("ignoring a retry of %s %s", command.get("command"), command.get("trigger_id"))
             return
-        self.front.spawn(self._command(command))
+        self.front.spawn(self._command(command), command)
 
     def _first_time(self, trigger_id: str | None) -> bool:
         if not trigger_id:
@@ -68,7 +68,7 @@ class SlashCommands:
 
     async def on_status_page(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._status_page(body))
+        self.front.spawn(self._status_page(body), body)
 
     async def _status_page(self, body: dict[str, Any]) -> None:
         """Another page of a status report (reading: open to everyone), in place of the one shown."""

@@ -19,7 +19,7 @@ class Steering:
 
     async def on_decision(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._decision(body))
+        self.front.spawn(self._decision(body), body)
 
     async def _decision(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
@@ -39,7 +39,7 @@ class Steering:
 
     async def on_resume(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._resume(body))
+        self.front.spawn(self._resume(body), body)
 
     async def _resume(self, body: dict[str, Any]) -> None:
         """Resume, Restore or Leave on a release whose bot died. Pressed twice, or on two replicas at once,
@@ -66,7 +66,7 @@ class Steering:
 
     async def on_abort(self, ack: Any, body: dict[str, Any]) -> None:
         await ack()
-        self.front.spawn(self._abort(body))
+        self.front.spawn(self._abort(body), body)
 
     async def _abort(self, body: dict[str, Any]) -> None:
         user, notifier = self.front.presser(body)
