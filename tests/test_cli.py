@@ -124,6 +124,8 @@ def test_run_release_exits_zero_only_when_every_node_was_released(
     ok = upstream_bot("run", "/release app --serial --version 2", "--yes", config=release_config(tmp_path), env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "succeeded: all 2 node(s) released" in ok.stdout and "deploy ok" in ok.stdout
+    said = [line for line in ok.stdout.splitlines() if not line.startswith("{")]  # not the history's JSON lines
+    assert sum("succeeded: all 2 node(s) released" in line for line in said) == 1  # the end is said once
     bad = upstream_bot(
         "run",
         "/release app --version 2",

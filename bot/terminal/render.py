@@ -108,11 +108,12 @@ def release_header(state: ReleaseState, now: float) -> str:
     )
 
 
-def release_summary(state: ReleaseState, now: float) -> list[str]:
+def release_summary(state: ReleaseState, now: float, message: bool = True) -> list[str]:
+    """`message=False` at the end of a release: its last progress line just said it."""
     return [
         release_header(state, now),
         *[f"  {node_line(n)}" for n in state.nodes.values()],
-        *([f"  {state.message}"] if state.message else []),
+        *([f"  {state.message}"] if state.message and message else []),
     ]
 
 
@@ -277,7 +278,7 @@ def _event_lines(event: Event) -> list[str]:
         case DecisionNeeded():
             return decision_lines(event)
         case ReleaseFinished(state=state):
-            return release_summary(state, time.time())
+            return release_summary(state, time.time(), message=False)
         case ReleaseStatusReport(app=app, state=state, lock=lock, journal=journal):
             if state is not None:
                 return release_summary(state, time.time())
