@@ -130,13 +130,15 @@ def _string(value: Any) -> str:
     return value
 
 
-def _url(value: Any) -> str:
-    """An http(s) URL with a host and, if given, a port from 1 to 65535; `{host}` and `{port}` are the
-    only placeholders (filled with a node's address)."""
+def _url(value: Any, placeholders: bool = False) -> str:
+    """An http(s) URL with a host and, if given, a port from 1 to 65535. With `placeholders` (a node's
+    health URL), `{host}` and `{port}` may stand for the node's address; no other URL has any."""
     text = _string(value)
-    unknown = sorted(set(re.findall(r"\{[^}]*\}", text)) - {"{host}", "{port}"})
+    found = set(re.findall(r"\{[^}]*\}", text))
+    unknown = sorted(found - {"{host}", "{port}"}) if placeholders else sorted(found)
     if unknown:
-        raise ValueError(f"{text!r} has unknown placeholder(s) {', '.join(unknown)}; use {{host}} and {{port}}")
+        allowed = "use {host} and {port}" if placeholders else "only health.url has placeholders ({host}, {port})"
+        raise ValueError(f"{text!r} has placeholder(s) {', '.join(unknown)}: {allowed}")
     parsed = urlparse(text.replace("{host}", "h").replace("{port}", "1"))
     if parsed.scheme not in ("http", "https") or not parsed.hostname or any(c.isspace() for c in text):
         raise ValueError(f"{text!r} is not an http(s) URL, e.g. http://127.0.0.1:8500")
@@ -147,6 +149,10 @@ def _url(value: Any) -> str:
     if port == 0:
         raise ValueError(f"{text!r} has an invalid port: expected a number from 1 to 65535")
     return text
+
+
+def _health_url(value: Any) -> str:
+    return _url(value, placeholders=True)
 
 
 def _positive_int(low: int, high: int) -> Callable[[Any], int]:
@@ -199,7 +205,7 @@ def _parse_app(reader: _Reader, name: str, raw: Any) -> AppSettings:
     h_path = f"{path}.health"
     h = reader.mapping(data.get("health"), h_path, ("url", "interval", "timeout", "window", "rise", "source"))
     health = HealthSettings(
-        url=reader.get(h, "url", h_path, _url, None),
+        url=reader.get(h, "url", h_path, _health_url, None),
         interval=reader.get(h, "interval", h_path, parse_duration, 10.0),
         timeout=reader.get(h, "timeout", h_path, parse_duration, 3.0),
         window=reader.get(h, "window", h_path, parse_duration, 120.0),

@@ -278,3 +278,10 @@ def test_the_terminal_shows_no_slack_mention_syntax() -> None:
 
     (line,) = event_lines(Problem("a release of app is running: started by <@local:root>; ask <!subteam^S0OPS>"))
     assert line == "error: a release of app is running: started by @local:root; ask @S0OPS"
+
+
+def test_demo_refuses_a_base_port_its_services_would_not_fit_after() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "demo", "--base-port", "65533"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "65533..65536" in done.stdout and "Traceback" not in done.stderr, done.stderr

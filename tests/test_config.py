@@ -136,3 +136,15 @@ def test_run_with_a_bad_consul_address_says_so_and_exits_2(tmp_path: object) -> 
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "CONSUL_HTTP_ADDR" in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:{port}", "http://{host}:8500"])
+def test_only_the_health_url_takes_placeholders(address: str) -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["consul"] = {"addresses": [address]}
+    raw["apps"]["app"]["nginx"] = {"status_url": "http://{host}/status"}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {"CONSUL_HTTP_ADDR": address})
+    problems = "\n".join(error.value.problems)
+    assert "consul.addresses[0]:" in problems and "CONSUL_HTTP_ADDR (environment):" in problems
+    assert "apps.app.nginx.status_url:" in problems and "only health.url has placeholders" in problems

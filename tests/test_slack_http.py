@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import command_body, sign
+from tests.helpers import command_body, sign, wait_until
 from tests.slack_bot import Bot, confirm_key, running_bot
 
 
@@ -44,18 +44,26 @@ def test_healthz(bot: Bot) -> None:
     assert httpx.get(f"{bot.url}/healthz").json() == {"ok": True}
 
 
-def test_metrics_count_commands_acks_and_consul_calls_in_prometheus_text(seeded: Bot) -> None:
+def test_metrics_count_commands_acks_and_consul_calls_in_prometheus_text(tmp_path: Path) -> None:
+    with running_bot(tmp_path, "apps:\n  app: {}\n") as seeded:  # its own process: counts from zero
+        seeded.consul.add_server("app", "127.0.0.1:9001")
+        _metrics_after_two_commands(seeded)
+
+
+def _metrics_after_two_commands(seeded: Bot) -> None:
     seeded.command("/upstream", "status app")
-    seeded.said(lambda c: "2 of 2 serving" in c.text, method="chat.postEphemeral")
+    seeded.said(lambda c: "1 of 1 serving" in c.text, method="chat.postEphemeral")
     seeded.command("/upstream", "stats app")  # not a command: counted as usage
     seeded.said(lambda c: "unknown subcommand" in c.text, method="chat.postEphemeral")
     answer = httpx.get(f"{seeded.url}/metrics")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
-    text = answer.text
-    assert 'upstream_bot_commands_total{command="/upstream",outcome="done"} 1.0' in text
-    assert 'upstream_bot_commands_total{command="/upstream",outcome="usage"} 1.0' in text
-    assert "upstream_bot_slack_ack_seconds_count 2.0" in text
-    assert 'upstream_bot_consul_call_seconds_count{outcome="ok"}' in text
+    expected = (
+        'upstream_bot_commands_total{command="/upstream",outcome="done"} 1.0',  # counted once handled:
+        'upstream_bot_commands_total{command="/upstream",outcome="usage"} 1.0',  # polled, not raced
+        "upstream_bot_slack_ack_seconds_count 2.0",
+        'upstream_bot_consul_call_seconds_count{outcome="ok"}',
+    )
+    wait_until(lambda: all(e in httpx.get(f"{seeded.url}/metrics").text for e in expected), 5, "the metrics")
 
 
 def test_readyz_fails_while_consul_cannot_be_read_and_says_why_while_healthz_stays_up(bot: Bot) -> None:

@@ -1,5 +1,5 @@
 """Correctly signed but malformed requests: the bot stays up, answers where the payload says how, logs
-each once without a traceback, and leaves no background task dying unseen."""
+each once, and leaves no background task dying unseen."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_malformed_requests_leave_the_bot_up_and_are_answered_where_possible(tmp
             bot.post(without(command_body("/upstream", "status app", response_url=answer_to), "channel_id")).status_code
             == 200
         )
-        bot.said(lambda c: "malformed" in c.text, method="response_url")
+        bot.said(lambda c: "could not be handled" in c.text, method="response_url")
         # Button values of the wrong type, for every button the bot has.
         odd = [5, [1, 2], {"app": 7}, "not json", '{"key": 3}', None, "é" * 3000, '{"app": "app", "incident": 9}']
         for i in range(400):  # bounded: 400 requests of every sort
@@ -63,6 +63,6 @@ def test_malformed_requests_leave_the_bot_up_and_are_answered_where_possible(tmp
         bot.said(lambda c: "app" in c.text and "serving" in c.text, method="chat.postEphemeral")
         assert httpx.get(f"{bot.url}/healthz").json() == {"ok": True}
         log = (tmp_path / "bot.log").read_text()
-    assert "Task exception was never retrieved" not in log
-    assert "Traceback" not in log, log[-3000:]
-    assert "malformed Slack request ignored" in log
+    # Each logged once, as not handled (with its traceback: a bug would look the same); none left unseen.
+    assert "Task exception was never retrieved" not in log and "background work failed" not in log
+    assert "Slack request not handled" in log

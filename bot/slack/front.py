@@ -81,8 +81,9 @@ class SlackFrontEnd:
 
     def spawn(self, work: Coroutine[Any, Any, object], payload: Any = None) -> None:
         """Run `work` after the acknowledgement has gone out; keep a reference until it ends. With the
-        request's `payload`, work that trips over its shape (a field missing or of the wrong type) is a
-        malformed request: logged once, without a traceback, and answered where the payload says how."""
+        request's `payload`, work that trips over a field missing or of the wrong type is logged once
+        (with its traceback: it may as well be a bug here) and the person is told, through the payload's
+        response_url, that it could not be handled: not that nothing was done, which nobody knows."""
         task = asyncio.get_running_loop().create_task(work if payload is None else self._shaped(work, payload))
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -91,12 +92,19 @@ class SlackFrontEnd:
         try:
             await work
         except MALFORMED as error:
-            log.warning("malformed Slack request ignored (%s: %s)", type(error).__name__, error)
+            log.error(
+                "Slack request not handled (malformed, or a bug here): %s: %s",
+                type(error).__name__,
+                error,
+                exc_info=True,
+            )
             url = payload.get("response_url") if isinstance(payload, dict) else None
             if isinstance(url, str) and url.startswith(("https://", "http://")):
-                await self.respond(
-                    url, None, text="That request was malformed; nothing was done.", response_type="ephemeral"
+                text = (
+                    "That request could not be handled (a field was missing or not what was expected). "
+                    "Check the state (/upstream status, /release status) before trying again."
                 )
+                await self.respond(url, None, text=text, response_type="ephemeral")
 
     def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)

@@ -52,6 +52,9 @@ def demo_config(consul_url: str, ports: list[int], state: Path) -> Config:
 
 
 async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = False) -> int:
+    if not 1024 <= base_port <= 65535 - count:
+        print(f"error: --base-port {base_port}: the demo needs ports {base_port}..{base_port + count} (1024..65535).")
+        return 2
     ports = list(range(base_port, base_port + count))
     spare = base_port + count  # running, not registered: something to try `/upstream add` on
     busy = [p for p in [*ports, spare] if not port_free(p)]
