@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bot.processes import free_port  # noqa: E402  (benchmarks import it from here too)
+from bot.processes import stop as stop_all  # noqa: E402
+
 FIRST_PORT = 20000  # the fleet's ports stay below the ephemeral range (32768+)
 PER_PROCESS = 2500  # nodes per server process: 2 descriptors each (listening + kept-alive), well under 20,000
 VALUE = '{"weight":1,"max_fails":2,"fail_timeout":10,"down":0}'  # commands.servers.encode(DEFAULTS)
@@ -224,12 +227,6 @@ async def serve_fleet(ports: list[int], control_port: int, modes: dict[str, list
 # -- the parent's view of the fleet ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def read_line(process: subprocess.Popen[bytes], timeout: float) -> bytes:
     """One line of the process's stdout within `timeout` (b"" if none)."""
     assert process.stdout is not None
@@ -354,19 +351,6 @@ class Fleet:
 
     def cpu(self) -> float:
         return sum(proc_cpu(p.pid) for p in self.processes)
-
-
-def stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:
-    """Terminate, then kill what is left after 5 s; each process by its own handle."""
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    for process in processes:
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def layout(apps: int, nodes: int, first_port: int = FIRST_PORT) -> dict[str, list[int]]:
