@@ -323,8 +323,7 @@ class HealthWatcher:
         except StoreError as error:
             log.warning("health watch of %s skipped a round: %s", name, error.message)
             if watch.enabled:
-                term = self._adopted_term if self.state is not None else None
-                await self._post(watch.unseen(self.clock.now(), f"{CONSUL_UNREADABLE}{error.message}"), term)
+                await self._post(watch.unseen(self.clock.now(), f"{CONSUL_UNREADABLE}{error.message}"))
         except asyncio.CancelledError:
             log.info("health watch of %s: round cancelled (shutting down)", name)
             return
@@ -356,8 +355,10 @@ class HealthWatcher:
             if self.notifier is not None and not self.leading():
                 await self.notifier.emit(event)
 
-    async def _post(self, events: list[WatchEvent], term: int | None) -> None:
-        """Hand events to the front end; alerts and reminders only while this leadership lasts."""
+    async def _post(self, events: list[WatchEvent]) -> None:
+        """Hand events to the front end; alerts and reminders only while this leadership lasts (the one
+        whose incidents were loaded)."""
+        term = self._adopted_term if self.state is not None else None
         for event in events:
             bound = event.kind in ("alert", "reminder", "group_alert", "group_reminder")
             if bound and not self.leading(term):
@@ -383,10 +384,9 @@ class HealthWatcher:
                 if got is None:
                     # Nothing is known of the nodes this round: not a round seen. Lasting the window, it
                     # is one "cannot see" alert, as when Consul or nginx cannot be read.
-                    term = self._adopted_term if self.state is not None else None
                     reason = "the health probe worker did not answer (it is started again next round)"
                     PROBES.labels(name, "unknown").inc(len(serving))
-                    await self._post(watch.unseen(self.clock.now(), reason), term)
+                    await self._post(watch.unseen(self.clock.now(), reason))
                     return
                 probes = dict(zip(serving, got, strict=True))
             else:
@@ -395,10 +395,8 @@ class HealthWatcher:
         healthy = sum(1 for p in probes.values() if p.healthy)
         PROBES.labels(name, "healthy").inc(healthy)
         PROBES.labels(name, "failing").inc(len(probes) - healthy)
-        # The leadership whose incidents were loaded: an alert is posted only while it lasts.
-        term = self._adopted_term if self.state is not None else None
         events = watch.observe(self.clock.now(), upstream, probes, view, releasing)
-        await self._post(events, term)
+        await self._post(events)
         OPEN_INCIDENTS.labels(name).set(len(watch.incidents()))
         if self.state is not None:
             await self._persist(watch, events)
