@@ -79,6 +79,18 @@ def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = 
     raise AssertionError(f"{what} not reached within {timeout} s")
 
 
+async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """`wait_until` for async tests: poll without blocking the loop the code under test runs on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
 class RecordingNotifier:
     def __init__(self) -> None:
         self.events: list[Event] = []

@@ -5,18 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import time
 import weakref
-from collections.abc import Callable
 
 from bot.heap import keep_collections_short
-
-
-async def until(condition: Callable[[], object], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
-        await asyncio.sleep(0.02)
+from tests.helpers import until
 
 
 class Node:

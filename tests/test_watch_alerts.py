@@ -10,7 +10,6 @@ front end's notifier, as the watch's scheduler does. Waits poll with deadlines."
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
@@ -40,7 +39,7 @@ from commands.service import CommandService
 from commands.settings import AppSettings, HealthSettings
 from commands.watch import Incident, WatchEvent
 from tests.fakes import FakeClock, FakeStore
-from tests.helpers import SIGNING_SECRET, sign
+from tests.helpers import SIGNING_SECRET, sign, until
 
 HOSTILE = "<!channel> <https://evil.example|log in> & `code`"
 
@@ -116,18 +115,6 @@ class Harness:
         async with httpx.AsyncClient() as client:
             response = await client.post(self.events_url, content=body, headers=headers, timeout=10)
         assert response.status_code == 200
-
-
-async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll (without blocking the loop the bot runs on) until `condition` holds; its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
