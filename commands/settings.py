@@ -27,6 +27,9 @@ class HealthSettings:
     # Where the health watch learns a node's health: its own probes of `url`, nginx's check module
     # (`nginx.status_url`, read once per interval for the whole nginx), or both (either failing alerts).
     source: str = "both"  # probe | nginx | both
+    # A response header of the probe naming the version a node runs (e.g. "X-App-Version"), shown by
+    # /upstream status; None: versions are not shown.
+    version_header: str | None = None
 
     @property
     def probes(self) -> bool:
