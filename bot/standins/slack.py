@@ -6,6 +6,8 @@ method, decoded body and token. `POST /response/<id>` stands in for a `response_
 `rate_limit(method, times, retry_after)` answers the next `times` calls of `method` (other methods
 untouched) with 429 and that `Retry-After`, recorded with fault "status 429". User groups
 (`usergroups.users.list`) are `usergroups`, changed with `set_usergroup` while the bot runs.
+`apps.connections.open` (Socket Mode) takes only an app-level token (`xapp-...`) and answers the URL
+`socket_mode()` gives (a `SocketModeStandIn`'s `open_url`, from bot/standins/socket_mode.py).
 
 "Slack is down", for outage tests (every `/api/*` and `/response/*` request; never `/_standin/*`),
 settable in process with `set_faults(...)` or over HTTP with `PUT /_standin/faults` {"status": 503}
@@ -24,6 +26,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -81,6 +84,8 @@ class Faults:
 class SlackStandIn:
     usergroups: dict[str, list[str]] = field(default_factory=dict)
     tokens: tuple[str, ...] | None = None  # the bot tokens it accepts (None: any)
+    # apps.connections.open's WebSocket URL, a fresh one each call (None: Socket Mode is not offered)
+    socket_mode: Callable[[], str] | None = None
 
     def __post_init__(self) -> None:
         self._calls: list[Call] = []
@@ -243,12 +248,23 @@ class SlackStandIn:
             return web.json_response(answer, status=429, headers={"Retry-After": str(retry_after)})
         if not token:
             answer = {"ok": False, "error": "not_authed"}
+        elif method == "apps.connections.open":
+            answer = self._connections_open(token)
         elif self.tokens is not None and token not in self.tokens:
             answer = {"ok": False, "error": "invalid_auth"}
         else:
             answer = self._answer(method, args)
         self._record(Call(method, args, token, time.time(), answer))
         return web.json_response(answer)
+
+    def _connections_open(self, token: str) -> dict[str, Any]:
+        """Socket Mode's WebSocket URL. Slack wants the app-level token here (and no other token: `tokens`
+        are the bot tokens, so they are not asked)."""
+        if not token.startswith("xapp-"):
+            return {"ok": False, "error": "not_allowed_token_type"}
+        if self.socket_mode is None:  # the stand-in's own error: the test set no Socket Mode server up
+            return {"ok": False, "error": "socket_mode_not_enabled"}
+        return {"ok": True, "url": self.socket_mode()}
 
     def _answer(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         if method == "auth.test":
