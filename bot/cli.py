@@ -1,15 +1,16 @@
-"""The `upstream-bot` command line: serve, demo, run, check-config, agent."""
+"""The `upstream-bot` command line: serve, demo, run, check-config, config-schema, agent."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from bot.config import Config, ConfigError, config_path, environment_problems, load_config
+from bot.config import Config, ConfigError, config_path, config_schema, environment_problems, load_config
 from commands.service import Outcome
 
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_FAILED = 0, 1, 2, 3
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", parents=[common], help="validate the config and the secrets it refers to")
     check.add_argument("--connect", action="store_true", help="also check that Consul answers")
+    sub.add_parser(
+        "config-schema", help="print the config's JSON Schema (docs/upstream-bot.schema.json), for editors"
+    )
 
     agent = sub.add_parser(
         "agent", parents=[common], help="the per-node agent: runs the steps in its own --config agent.yml"
@@ -159,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "config-schema":
+        print(json.dumps(config_schema(), indent=2))
+        return EXIT_OK
     if args.command == "agent":
         return _agent(args)
     config = _load(args)

@@ -86,6 +86,18 @@ def test_check_config_reports_every_problem_with_its_path(tmp_path: Path) -> Non
     assert result.returncode == 2 and "ssh.key: /nonexistent/key is not a readable file" in result.stdout
 
 
+def test_config_schema_prints_the_published_schema() -> None:
+    result = upstream_bot("config-schema")
+    assert result.returncode == 0, result.stderr
+    published = Path(__file__).parent.parent / "docs" / "upstream-bot.schema.json"
+    # Regenerate after changing bot/config_models.py: upstream-bot config-schema > docs/upstream-bot.schema.json
+    assert result.stdout == published.read_text(), "docs/upstream-bot.schema.json is stale"
+    schema = json.loads(result.stdout)
+    assert schema["additionalProperties"] is False and "apps" in schema["properties"]
+    health = schema["definitions"]["Health"]["properties"]
+    assert "X-App-Version" in health["version_header"]["description"]
+
+
 def test_demo_takes_the_same_commands_at_its_prompt() -> None:
     base = next(p for p in range(19001, 19900, 10) if all(port_free(p + i) for i in range(4)))
     script = (

@@ -101,7 +101,17 @@ def test_check_config_notes_an_app_nobody_may_change() -> None:
     assert not any("no operators" in n for n in notes)
 
 
-@pytest.mark.parametrize("address", ["http://consul:abc", "not an address", "http://127.0.0.1:99999", "http://:8500"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "http://consul:abc",
+        "not an address",
+        "http://127.0.0.1:99999",
+        "http://:8500",
+        "http://127.0.0.1:8500/v1",  # the client would drop the path without a word
+        "http://127.0.0.1:8500?dc=eu",
+    ],
+)
 def test_a_consul_address_that_cannot_be_used_is_a_problem_in_the_file_and_in_the_environment(address: str) -> None:
     raw = yaml.safe_load(CONTRACT_EXAMPLE)
     raw["consul"] = {"addresses": [address]}
@@ -111,6 +121,25 @@ def test_a_consul_address_that_cannot_be_used_is_a_problem_in_the_file_and_in_th
     with pytest.raises(ConfigError) as error:
         parse_config(yaml.safe_load(CONTRACT_EXAMPLE), {"CONSUL_HTTP_ADDR": address})
     assert any(p.startswith("CONSUL_HTTP_ADDR (environment):") for p in error.value.problems), error.value.problems
+
+
+def test_a_consul_address_with_credentials_is_refused_without_echoing_them() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["consul"] = {"addresses": ["http://ops:s3cret-pass@127.0.0.1:8500"]}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    (problem,) = [p for p in error.value.problems if p.startswith("consul.addresses[0]:")]
+    assert "CONSUL_HTTP_TOKEN" in problem and "s3cret-pass" not in problem
+
+
+def test_ipv6_and_bare_consul_addresses_are_taken_and_reach_the_agent() -> None:
+    from bot.consul.store import _client
+
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["consul"] = {"addresses": ["http://[::1]:8500", "127.0.0.1:8501/"]}
+    config = parse_config(raw, {})
+    assert config.consul.addresses == ("http://[::1]:8500", "http://127.0.0.1:8501")
+    assert _client(config.consul.addresses[0], None, 1).http.base_uri == "http://[::1]:8500"
 
 
 def test_a_health_url_with_an_unknown_placeholder_is_a_problem() -> None:
@@ -148,3 +177,157 @@ def test_only_the_health_url_takes_placeholders(address: str) -> None:
     problems = "\n".join(error.value.problems)
     assert "consul.addresses[0]:" in problems and "CONSUL_HTTP_ADDR (environment):" in problems
     assert "apps.app.nginx.status_url:" in problems and "only health.url has placeholders" in problems
+
+
+def test_the_files_defaults_are_the_settings_defaults() -> None:
+    from bot.config import Config
+    from commands.settings import AppSettings
+
+    expected = Config(apps={"app": AppSettings("app", "app")}, source="<string>")
+    assert parse_config({"apps": {"app": None}}, {}) == expected
+    assert parse_config(None, {}, source="x.yml") == Config(source="x.yml")
+
+
+def test_a_null_key_takes_its_default_and_a_number_key_is_a_name() -> None:
+    raw = {"consul": None, "ssh": {"port": None, "hosts": {"10.0.0.5": None}}, "apps": {2048: {"health": None}}}
+    config = parse_config(raw, {})
+    assert config.ssh.port == 22 and config.ssh_hosts["10.0.0.5"].port is None
+    assert config.apps["2048"].upstream == "2048" and config.apps["2048"].health.interval == 10.0
+
+
+def test_health_version_header_names_the_probes_response_header() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    assert parse_config(raw, {}).apps["app"].health.version_header is None
+    raw["apps"]["app"]["health"]["version_header"] = "X-App-Version"
+    assert parse_config(raw, {}).apps["app"].health.version_header == "X-App-Version"
+
+
+def test_steps_keep_their_form_and_timeouts() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    release = raw["apps"]["app"]["release"]
+    release["step_timeout"] = "1m"
+    release["steps"]["deploy"] = {"run": "/opt/app/deploy.sh {version}", "timeout": "10m"}
+    steps = parse_config(raw, {}).apps["app"].release.steps
+    assert (steps["deploy"].timeout, steps["stop"].timeout) == (600.0, 60.0)
+    release.update(executor="agent", steps=["stop", "start"])
+    steps = parse_config(raw, {}).apps["app"].release.steps
+    assert list(steps) == ["stop", "start"] and steps["stop"].command == ""
+
+
+# (a change to CONTRACT_EXAMPLE's app, the problem check-config prints for it after "apps.app.")
+APP_PROBLEMS = [
+    ({"helth": {}}, "helth: unknown key (known here: upstream, operators, approvers, approval, networks,"),
+    ({"health": "fast"}, "health: expected a mapping with keys url, interval, timeout, window, rise, source,"),
+    ({"upstream": "a/b"}, "upstream: 'a/b': the upstream is one folder name, without '/'"),
+    ({"upstream": " "}, "upstream: expected a non-empty string, got ' '"),
+    ({"approval": "yes"}, "approval: expected one of required, none, got 'yes'"),
+    ({"approvers": [], "approval": "required"}, "approval: is 'required' but the app has no approvers"),
+    ({"approvers": "U2BOB"}, "approvers: expected a list of Slack IDs, e.g. [U2BOB, S0OPS]"),
+    ({"operators": ["alice"]}, "operators[0]: 'alice' is not a Slack user ID (U..., W...) or user-group ID"),
+    ({"networks": ["10.0.0.0/8", "10.0.0.0/33"]}, "networks[1]: '10.0.0.0/33' is not an IPv4 network"),
+    ({"networks": "10.0.0.0/8"}, "networks: expected a list of CIDRs, e.g. [10.0.0.0/8]"),
+    ({"nginx": {"status_url": "ftp://x"}}, "nginx.status_url: 'ftp://x' is not an http(s) URL"),
+    ({"nginx": {"list_url": "http://x:0/"}}, "nginx.list_url: 'http://x:0/' has an invalid port"),
+    ({"health": {"rise": 0}}, "health.rise: expected a whole number from 1 to 100, got 0"),
+    ({"health": {"rise": "2"}}, "health.rise: expected a whole number from 1 to 100, got '2'"),
+    ({"health": {"rise": True}}, "health.rise: expected a whole number from 1 to 100, got True"),
+    ({"health": {"interval": 0}}, "health.interval: must be more than 0"),
+    ({"health": {"interval": "5s", "timeout": "6s"}}, "health.timeout: is longer than health.interval"),
+    ({"health": {"interval": "5s", "window": "1s"}}, "health.window: is shorter than health.interval"),
+    ({"health": {"source": "x"}}, "health.source: expected one of probe, nginx, both, got 'x'"),
+    ({"health": {"source": "probe"}}, "health.source: is probe, but health.url is not set"),
+    ({"nginx": {}, "health": {"source": "nginx"}}, "health.source: is nginx, but nginx.status_url is not set"),
+    ({"health": {"version_header": "X App"}}, "health.version_header: expected an HTTP header name such as"),
+    ({"release": {"executor": "telnet"}}, "release.executor: expected one of ssh, agent, local, got 'telnet'"),
+    ({"release": {"executor": "agent", "steps": {"stop": "x"}}}, "release.steps: with executor: agent, list"),
+    ({"release": {"steps": ["stop"]}}, "release.steps: with executor: local, give each step its shell command"),
+    ({"release": {"executor": "agent", "steps": ["stop", "Stop"]}}, "release.steps[1]: a step name is"),
+    ({"release": {"steps": {"Stop": "x"}}}, "release.steps.Stop: a step name is lower-case letters"),
+    ({"release": {"steps": {"stop": 5}}}, 'release.steps.stop: expected a shell command, or {run: "command"'),
+    ({"release": {"steps": {"stop": {"timeout": "1s"}}}}, "release.steps.stop.run: missing: the shell command"),
+    ({"release": {"steps": {"stop": {"run": "x", "tiemout": 1}}}}, "release.steps.stop.tiemout: unknown key"),
+    ({"release": {"version_pattern": "(["}}, "release.version_pattern: not a regular expression:"),
+    ({"watch": {"enabled": "yes"}}, "watch.enabled: expected true or false, got 'yes'"),
+    ({"watch": {"reminder": "1d"}}, "watch.reminder: '1d' is not a duration (use e.g. 500ms, 10s, 2m, 1h)"),
+    ({"watch": {"concurrency": 0}}, "watch.concurrency: expected a whole number from 1 to 1000, got 0"),
+    ({"ssh": {"port": 70000}}, "ssh.port: expected a whole number from 1 to 65535, got 70000"),
+]
+
+
+@pytest.mark.parametrize(("change", "problem"), APP_PROBLEMS)
+def test_an_apps_problem_says_where_and_what_would_be_right(change: dict[str, object], problem: str) -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["apps"]["app"].update(change)
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    assert any(p.startswith(f"apps.app.{problem}") for p in error.value.problems), error.value.problems
+    assert len(error.value.problems) == 1, error.value.problems
+
+
+# (a top-level section, the problem check-config prints for it)
+SECTION_PROBLEMS = [
+    ({"consul": "x"}, "consul: expected a mapping with keys addresses, prefix, timeout, session_ttl"),
+    ({"consul": {"addresses": []}}, "consul.addresses: expected a list of addresses, e.g. [http://127.0.0.1:8500]"),
+    ({"consul": {"addresses": [8500]}}, "consul.addresses[0]: expected an address such as http://127.0.0.1:8500"),
+    ({"consul": {"timeout": -1}}, "consul.timeout: -1 is negative; a duration is 0 or more"),
+    ({"slack": {"channels": []}}, "slack.channels: expected a list of Slack channel IDs such as [C0DEPLOY]"),
+    ({"slack": {"channels": ["C0OK", "general"]}}, "slack.channels[1]: 'general' is not a Slack channel ID"),
+    ({"history": {"keep": 5}}, "history.keep: expected a whole number from 10 to 1000000, got 5"),
+    ({"ssh": {"port": "22"}}, "ssh.port: expected a whole number from 1 to 65535, got '22'"),
+    ({"ssh": {"hosts": ["10.0.0.5"]}}, "ssh.hosts: expected a mapping of node address to its ssh settings"),
+    ({"ssh": {"hosts": {"10.0.0.5": {"usr": "app"}}}}, "ssh.hosts.10.0.0.5.usr: unknown key (known here: user, port"),
+    ({"agent": {"scheme": "ftp"}}, "agent.scheme: expected one of http, https, got 'ftp'"),
+    ({"apps": ["app"]}, "apps: expected a mapping of app name to its settings"),
+    ({"apps": {"my app": {}}}, "apps.my app: an app name is letters, digits, '.', '_' or '-'"),
+]
+
+
+@pytest.mark.parametrize(("change", "problem"), SECTION_PROBLEMS)
+def test_a_sections_problem_says_where_and_what_would_be_right(change: dict[str, object], problem: str) -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw.update(change)
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    assert any(p.startswith(problem) for p in error.value.problems), error.value.problems
+    assert len(error.value.problems) == 1, error.value.problems
+
+
+def test_a_file_that_is_not_a_mapping_is_named() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(["apps"], {}, source="x.yml")
+    keys = "consul, slack, access, history, ssh, agent, apps"
+    assert error.value.problems == [f"x.yml: expected a mapping with keys {keys}"]
+
+
+def test_a_rule_is_reported_beside_the_other_problems_of_its_section() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    app = raw["apps"]["app"]
+    app["nginx"] = {}
+    app["health"].update(source="nginx", interval="10x", rise=0)
+    app["approvers"], app["watch"] = [], {"enabled": 1}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    assert [p.split(":")[0] for p in error.value.problems] == [
+        "apps.app.approval",
+        "apps.app.health.interval",
+        "apps.app.health.rise",
+        "apps.app.health.source",
+        "apps.app.watch.enabled",
+    ]
+
+
+def test_the_schemas_duration_pattern_is_the_one_durations_are_read_with() -> None:
+    from bot import durations
+    from bot.config_types import DURATION_PATTERN
+
+    assert DURATION_PATTERN == durations._PATTERN.pattern
+
+
+def test_every_key_in_the_schema_has_a_description() -> None:
+    from bot.config import config_schema
+
+    schema = config_schema()
+    for name, section in [("top", schema), *schema["definitions"].items()]:
+        assert section.get("description"), name
+        for key, spec in section["properties"].items():
+            assert spec.get("description") or "$ref" in spec, f"{name}.{key}"

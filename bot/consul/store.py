@@ -79,10 +79,11 @@ def _without_consul_env() -> Iterator[None]:
 def _client(address: str, token: str | None, timeout: float) -> consul.Consul:
     url = urlparse(address)
     port = url.port or (443 if url.scheme == "https" else 8500)
+    host = url.hostname or "127.0.0.1"
+    if ":" in host:  # an IPv6 literal: python-consul2 joins host and port as they are given
+        host = f"[{host}]"
     with _without_consul_env():
-        return consul.Consul(
-            host=url.hostname or "127.0.0.1", port=port, scheme=url.scheme or "http", token=token, timeout=timeout
-        )
+        return consul.Consul(host=host, port=port, scheme=url.scheme or "http", token=token, timeout=timeout)
 
 
 def _short(text: str) -> str:
