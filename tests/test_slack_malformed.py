@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
-from tests.helpers import action_body, command_body
+from tests.helpers import action_body, command_body, sign
 from tests.slack_bot import running_bot
 
 ACTIONS = (
@@ -66,3 +66,15 @@ def test_malformed_requests_leave_the_bot_up_and_are_answered_where_possible(tmp
     # Each logged once, as not handled (with its traceback: a bug would look the same); none left unseen.
     assert "Task exception was never retrieved" not in log and "background work failed" not in log
     assert "Slack request not handled" in log
+
+
+def test_an_unreadable_body_is_refused_for_its_signature_before_it_is_read(tmp_path: Path) -> None:
+    """Only a request Slack signed earns "malformed": anyone else learns nothing of how bodies are read."""
+    with running_bot(tmp_path, "apps:\n  app: {}\n") as bot:
+        body = urlencode({"payload": "5"})
+        assert bot.post(body, headers={}).status_code == 401  # unsigned
+        assert bot.post(body, headers=sign(body, secret="not-the-secret")).status_code == 401
+        odd_time = {"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=" + "0" * 64}
+        assert bot.post(body, headers=odd_time).status_code == 401
+        signed = bot.post(body)
+        assert signed.status_code == 400 and signed.json() == {"ok": False, "error": "malformed request"}

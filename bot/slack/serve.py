@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from slack_bolt.async_app import AsyncApp
 
 from bot.config import Config
 from bot.consul.pending import PendingKV
@@ -70,7 +71,7 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
                 # Every replica looks; the journal's check-and-set lets one tell each interrupted release.
                 InterruptionMonitor(service.releases, list(config.apps)).start(front.channel_notifier())
             if http:
-                runner = web.AppRunner(build_web_app(app, _consul_unready(service.store)), access_log=None)
+                runner = web.AppRunner(build_web_app(app, _consul_unready(service.store), secret), access_log=None)
                 await runner.setup()
                 await web.TCPSite(runner, host, port).start()
                 print(f"upstream-bot serving Slack at http://{host}:{port}/slack/events", flush=True)
@@ -79,10 +80,7 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
                 finally:
                     await runner.cleanup()
             else:
-                from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
-                print("upstream-bot connecting to Slack in Socket Mode", flush=True)
-                await AsyncSocketModeHandler(app, app_token).start_async()
+                await _socket_mode(app, str(app_token))
         finally:
             heap.cancel()
             # No new watch events; what is queued for Slack gets a few seconds (the rest is logged), and
@@ -95,6 +93,32 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
                     async with asyncio.timeout(3):
                         await service.watches.settle()
     return 0
+
+
+# Seconds between the Socket Mode client's pings, and between its looks at its connection. A connection
+# that ends without a close frame (a proxy or NAT cut it, Slack's side died) is only replaced at the next
+# look: with Bolt's default (10 s) the bot missed every command for up to 10 s after a drop. aiohttp waits
+# half of it for each pong, far more than Slack takes to answer. While Slack cannot be reached, each look
+# asks apps.connections.open again; slack_sdk waits out a 429 there (its Retry-After).
+SOCKET_PING_INTERVAL = 3.0
+SOCKET_CLOSE_TIMEOUT = 3.0  # seconds the Socket Mode connection gets to close at shutdown
+
+
+async def _socket_mode(app: AsyncApp, app_token: str) -> None:
+    """Serve over Socket Mode until cancelled (SIGTERM, Ctrl-C), then close the connection."""
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    handler = AsyncSocketModeHandler(app, app_token, ping_interval=SOCKET_PING_INTERVAL)
+    print("upstream-bot connecting to Slack in Socket Mode", flush=True)
+    try:
+        await handler.start_async()
+    finally:
+        # Bolt never closes its client: the process then ended with "Unclosed client session" logged
+        # and a traceback from the client's aiohttp session, and Slack saw the connection vanish instead
+        # of a close frame. Bounded: a Slack that does not answer the close frame must not hold the exit.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SOCKET_CLOSE_TIMEOUT):
+                await handler.close_async()
 
 
 READY_TIMEOUT = 2.0  # seconds /readyz waits for Consul
