@@ -54,10 +54,16 @@ class ProbeResult:
     healthy: bool
     detail: str  # "200 OK", "timeout after 3s", "connection refused", ...
     seconds: float = 0.0
+    # The value of the response header the caller asked for (`health.version_header`): the version the
+    # node says it runs, already made safe to show (see commands.versions.shown_version). None: not asked,
+    # no answer, or no such header.
+    version: str | None = None
 
 
 class Prober(Protocol):
-    async def probe(self, url: str, timeout: float) -> ProbeResult: ...
+    async def probe(self, url: str, timeout: float, header: str | None = None) -> ProbeResult:
+        """GET `url` within `timeout`; `header` names a response header whose value is kept as `version`."""
+        ...
 
 
 @dataclass(frozen=True)

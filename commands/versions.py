@@ -14,6 +14,21 @@ SAFE_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 DEFAULT_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 
+SHOWN_VERSION_LENGTH = 64
+
+
+def shown_version(raw: str | bytes | None) -> str | None:
+    """A node's self-reported version (a response header) as it may be shown: printable characters
+    only, at most 64 of them. It comes from the node, not from a person; None when nothing is left."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    kept = "".join(c for c in text.strip() if c.isprintable())
+    if not kept:
+        return None
+    return kept if len(kept) <= SHOWN_VERSION_LENGTH else kept[: SHOWN_VERSION_LENGTH - 1] + "…"
+
+
 def version_problem(version: str, pattern: str | None = None) -> str | None:
     """Why `version` cannot be used (None: it can). `pattern` is the app's, checked after the rules."""
     shown = version[:80]

@@ -153,13 +153,15 @@ class FakeProber:
         self.scripts: dict[str, list[bool]] = {}
         self.default: dict[str, bool] = {}
         self.probes: list[str] = []
+        self.versions: dict[str, str] = {}  # what a node answers in the header asked for
 
-    async def probe(self, url: str, timeout: float) -> ProbeResult:
+    async def probe(self, url: str, timeout: float, header: str | None = None) -> ProbeResult:
         node = url.split("//", 1)[1].split("/", 1)[0]
         self.probes.append(node)
         script = self.scripts.get(node)
         healthy = script.pop(0) if script else self.default.get(node, True)
-        return ProbeResult(healthy, "200 OK" if healthy else "connection refused")
+        version = self.versions.get(node) if header else None
+        return ProbeResult(healthy, "200 OK" if healthy else "connection refused", version=version)
 
 
 class FakeNginx:

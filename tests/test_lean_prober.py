@@ -106,7 +106,7 @@ class Fallback:
     def __init__(self) -> None:
         self.urls: list[str] = []
 
-    async def probe(self, url: str, timeout: float) -> ProbeResult:
+    async def probe(self, url: str, timeout: float, header: str | None = None) -> ProbeResult:
         self.urls.append(url)
         return ProbeResult(False, "from the fallback")
 
@@ -192,6 +192,34 @@ async def test_sample_service_process(services, lean, httpx_prober) -> None:
         url = f"http://127.0.0.1:{services[0]}{path}"
         mine, theirs = await lean.probe(url, 3), await httpx_prober.probe(url, 3)
         assert (mine.healthy, mine.detail) == (theirs.healthy, theirs.detail) == verdict
+
+
+async def test_version_header_read_by_both_probers(services, lean, httpx_prober) -> None:
+    """The sample service names its deployed version in X-App-Version: what /upstream status shows."""
+    url = f"http://127.0.0.1:{services[0]}/ping"
+    for prober in (lean, httpx_prober):
+        asked = await prober.probe(url, 3, "x-app-version")  # header names match whatever their case
+        assert asked.healthy and asked.version == "1"
+        assert (await prober.probe(url, 3)).version is None  # not asked: not read
+        assert (await prober.probe(url, 3, "X-Build")).version is None  # asked, absent
+
+
+async def odd_versions(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    values = {b"/long": b"v" * 500, b"/control": b"1.2\x1b[31m.3", b"/blank": b"   ", b"/bad": b"2.0"}
+    while (request := await server.next_request(reader)) is not None:
+        path = request.split(b" ")[1]
+        status = b"503 Service Unavailable" if path == b"/bad" else b"200 OK"
+        writer.write(b"HTTP/1.1 " + status + b"\r\nX-App-Version: " + values[path] + b"\r\nContent-Length: 0\r\n\r\n")
+
+
+async def test_version_from_the_node_is_made_safe_to_show(servers, lean) -> None:
+    server = await servers(odd_versions)
+    long = await lean.probe(server.url("/long"), 3, "X-App-Version")
+    assert long.version == "v" * 63 + "…"  # a node cannot flood the status message
+    assert (await lean.probe(server.url("/control"), 3, "X-App-Version")).version == "1.2[31m.3"  # no escape
+    assert (await lean.probe(server.url("/blank"), 3, "X-App-Version")).version is None
+    failing = await lean.probe(server.url("/bad"), 3, "X-App-Version")
+    assert not failing.healthy and failing.version == "2.0"  # a failing node still says what it runs
 
 
 async def test_refused_port(lean, httpx_prober) -> None:

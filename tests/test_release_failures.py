@@ -27,11 +27,11 @@ async def test_a_lock_lost_during_the_probe_window_stops_at_once_and_writes_noth
     probes_at_loss: list[int] = []
     real_probe = r.prober.probe
 
-    async def probe(url: str, timeout: float):  # type: ignore[no-untyped-def]
+    async def probe(url: str, timeout: float, header: str | None = None):  # type: ignore[no-untyped-def]
         if B in url and r.executor.calls.count((B, "start", "2.0")) == 1 and not lock.lost:
             lock.lose()  # Consul says the session is gone while node 2 is in its window
             probes_at_loss.append(len(r.prober.probes))
-        return await real_probe(url, timeout)
+        return await real_probe(url, timeout, header)
 
     r.prober.probe = probe  # type: ignore[method-assign]
     writes_before = None

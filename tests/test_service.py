@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from bot.health.prober import HttpProber
 from bot.nginx.status import HttpNginxReader
 from bot.processes import free_port
 from bot.standins.server_thread import ServerThread
+from bot.terminal.render import server_line
 from commands.access import AccessPolicy
 from commands.events import ChangeApplied, ConfirmationNeeded, Notice, Problem, StatusReport
 from commands.grammar import parse_line
@@ -248,6 +250,25 @@ async def test_status_joins_consul_nginx_and_probes_and_flags_disagreements(
     assert by[c].disagreement == "Consul: drained, nginx lists it serving"
 
 
+async def test_status_shows_the_version_each_node_says_it_runs(consul: Consul, make_service, services) -> None:
+    """`health.version_header` names the probe's response header that carries the deployed version (the
+    sample services answer X-App-Version: 1); a node that does not answer shows none."""
+    for port in services[:2]:
+        consul.add_server("app", f"127.0.0.1:{port}")
+    gone = f"127.0.0.1:{free_port()}"
+    consul.add_server("app", gone)
+    with_header = replace(app_settings(), health=replace(app_settings().health, version_header="X-App-Version"))
+    _, notifier = await run(make_service(with_header), "/upstream status app")
+    (report,) = notifier.of(StatusReport)
+    lines = {str(s.address): server_line(s) for s in report.servers}
+    for port in services[:2]:
+        assert "version: 1" in lines[f"127.0.0.1:{port}"]
+    assert "version:" not in lines[gone] and "probe: FAIL (connection refused)" in lines[gone]
+    _, notifier = await run(make_service(app_settings()), "/upstream status app")
+    (plain,) = notifier.of(StatusReport)
+    assert not any("version:" in server_line(s) for s in plain.servers)  # not configured: not shown
+
+
 async def test_consul_unreachable_is_a_clear_answer_that_changes_nothing(make_service, services) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     async with httpx.AsyncClient() as client:
@@ -336,5 +357,11 @@ async def test_alerts_are_acknowledged_and_silenced_by_command_where_there_are_n
     assert "Silenced for 1 h" in notifier.of(Notice)[0].text
     outcome, notifier = await run(service, "/upstream ack app 10.0.0.1:9000")
     assert outcome is Outcome.DONE and incident.acknowledged_by == "U1ALICE"
+    recorded = len(service.history.kept)  # type: ignore[attr-defined]
+    outcome, notifier = await run(service, "/upstream ack app 10.0.0.1:9000")  # typed twice
+    assert outcome is Outcome.DONE and "was already acknowledged by <@U1ALICE>" in notifier.of(Notice)[0].text
+    assert len(service.history.kept) == recorded  # type: ignore[attr-defined]  # nothing new to audit
     outcome, notifier = await run(service, "/upstream ack app 10.0.0.2:9000")
     assert outcome is Outcome.REFUSED and "No open incident for 10.0.0.2:9000" in notifier.of(Notice)[0].text
+    outcome, notifier = await run(service, "/upstream ack app 10.0.0.2:9000", "U2MALLORY")
+    assert outcome is Outcome.REFUSED and not notifier.of(Notice)  # refused, not told what is open

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from bot.health.prober import connect_reason
 from commands.interfaces import Prober, ProbeResult
+from commands.versions import shown_version
 
 MAX_HEAD = 64 * 1024  # status line and headers
 MAX_BODY = 1024 * 1024  # a larger Content-Length body is not read: the connection is closed instead
@@ -242,7 +243,7 @@ class _Connection(asyncio.Protocol):
                 length = int(value)
                 if length > MAX_BODY:
                     reusable = False
-        self._resolve((status, reason))
+        self._resolve((status, reason, headers))  # the headers: for a probe that asks for one of them
         if not reusable or body > length:
             self._close()
         elif body == length:
@@ -346,7 +347,7 @@ class LeanProber:
     def idle_connections(self) -> int:
         return len(self._idle)
 
-    async def probe(self, url: str, timeout: float) -> ProbeResult:
+    async def probe(self, url: str, timeout: float, header: str | None = None) -> ProbeResult:
         target = self._targets.get(url, _UNSET)
         if target is _UNSET:
             target = _target(url)
@@ -354,7 +355,7 @@ class LeanProber:
                 self._targets.clear()
             self._targets[url] = target
         if target is None:
-            return await self.fallback.probe(url, timeout)
+            return await self.fallback.probe(url, timeout, header)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._adopt(loop)
@@ -369,8 +370,9 @@ class LeanProber:
             outcome = _Failure(f"{type(error).__name__}: {error}")
         elapsed = loop.time() - started
         if outcome.__class__ is tuple:
-            status, reason = outcome  # type: ignore[misc]
-            return ProbeResult(200 <= status < 400, f"{status} {reason}".strip(), elapsed)
+            status, reason, headers = outcome  # type: ignore[misc]
+            version = shown_version(_header(headers, header.lower().encode("ascii"))) if header else None
+            return ProbeResult(200 <= status < 400, f"{status} {reason}".strip(), elapsed, version)
         if outcome is _TIMEOUT:
             return ProbeResult(False, f"timeout after {timeout:g} s", elapsed)
         return ProbeResult(False, outcome.detail, elapsed)  # type: ignore[union-attr]

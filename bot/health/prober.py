@@ -7,13 +7,14 @@ import time
 import httpx
 
 from commands.interfaces import ProbeResult
+from commands.versions import shown_version
 
 
 class HttpProber:
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.client = client
 
-    async def probe(self, url: str, timeout: float) -> ProbeResult:
+    async def probe(self, url: str, timeout: float, header: str | None = None) -> ProbeResult:
         started = time.monotonic()
         try:
             # No redirects followed: a 3xx from the node itself counts as healthy.
@@ -26,7 +27,8 @@ class HttpProber:
             return ProbeResult(False, f"{type(error).__name__}: {error}", time.monotonic() - started)
         elapsed = time.monotonic() - started
         phrase = f"{response.status_code} {response.reason_phrase}".strip()
-        return ProbeResult(200 <= response.status_code < 400, phrase, elapsed)
+        version = shown_version(response.headers.get(header)) if header else None
+        return ProbeResult(200 <= response.status_code < 400, phrase, elapsed, version)
 
 
 def connect_reason(error: BaseException) -> str:

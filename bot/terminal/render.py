@@ -54,6 +54,8 @@ def server_line(s: ServerStatus) -> str:
         parts.append(f"nginx list: {s.nginx_listed}")
     if s.probe is not None:
         parts.append(f"probe: {'ok' if s.probe.healthy else 'FAIL'} ({s.probe.detail})")
+        if s.probe.version is not None:
+            parts.append(f"version: {s.probe.version}")
     if s.invalid_value:
         parts.append(f"value: {s.invalid_value}")
     if s.disagreement:
