@@ -210,6 +210,7 @@ class CommandService:
         self, app: str, address: ServerAddress | None, what: str, requester: str, notifier: Notifier
     ) -> Outcome:
         """`/upstream ack|silence`: the alert buttons for a terminal (and for anyone who prefers typing)."""
+        await self._may_change(requester, [app], what)  # a refusal first: who may not act learns nothing more
         watch = self.watches.watch(app) if self.watches else None
         found = next((i for i in watch.incidents() if i.address == address), None) if watch else None
         what_of = f"{address} of {app}" if address else f"{app} (the watch cannot see it)"
@@ -221,6 +222,11 @@ class CommandService:
         if marked is None:
             await notifier.emit(Notice(f"The incident of {what_of} is already resolved."))
             return Outcome.REFUSED
+        incident, now = marked
+        if not now:
+            by = mention(incident.acknowledged_by or "")
+            await notifier.emit(Notice(f"The incident of {what_of} was already acknowledged by {by}."))
+            return Outcome.DONE
         if what == "silence":
             text = f"Silenced for 1 h: no reminder and no new alert for {what_of} until {_when(until)}."
         else:
@@ -480,17 +486,23 @@ class CommandService:
 
     async def mark_incident(
         self, app: str, incident: str, what: str, by: str, until: float, notifier: Notifier
-    ) -> Incident | None:
-        """An alert's Silence or Acknowledge button: operators only; None when the incident is over."""
+    ) -> tuple[Incident, bool] | None:
+        """An alert's Silence or Acknowledge button: operators only. None when the incident is over; else
+        the incident and whether this marked it (False: it was acknowledged already, by whoever it names:
+        a second press or a second person changes and records nothing)."""
         await self._may_change(by, [app], what)
         watch = self.watches.watch(app) if self.watches else None
         if watch is None:
             return None
+        current = watch.find(incident)
+        if what == "acknowledge" and current is not None and current.acknowledged_by is not None:
+            return current, False
         found = watch.silence(incident, until) if what == "silence" else watch.acknowledge(incident, by)
-        if found is not None:
-            target = app if found.address is None else str(found.address)  # an app-level incident: the app
-            await self.record(notifier, app, what, by, target, outcome=f"incident {incident}")
-        return found
+        if found is None:
+            return None
+        target = app if found.address is None else str(found.address)  # an app-level incident: the app
+        await self.record(notifier, app, what, by, target, outcome=f"incident {incident}")
+        return found, True
 
     async def mark_group(
         self, app: str, group: str, what: str, by: str, until: float, notifier: Notifier

@@ -405,6 +405,14 @@ async def test_a_blind_alert_is_acknowledged_and_its_recovery_is_in_its_thread(h
     await harness.press("watch_ack", value, "U2BOB", alert.answer["ts"])
     await until(lambda: harness.posts(lambda c: "Acknowledged by <@U2BOB>" in c.text), 10, "acknowledged")
     assert blind.acknowledged_by == "U2BOB"  # no more reminders
+    await harness.press("watch_ack", value, "U1ALICE", alert.answer["ts"])  # a second person, too late
+    await until(
+        lambda: [c for c in harness.slack.calls("chat.postEphemeral") if "Already acknowledged by <@U2BOB>" in c.text],
+        10,
+        "told privately",
+    )
+    assert len(harness.posts(lambda c: "Acknowledged by" in c.text)) == 1  # the thread is not told twice
+    assert [e.what for e in harness.history.kept].count("acknowledge") == 1  # nor the audit trail
 
     await harness.emit(WatchEvent("recovered", "app", None, resolve(blind, "the watch sees it again")))
     assert await harness.front.alerts.settle(10)

@@ -268,6 +268,9 @@ class HealthWatcher:
             self._adopted_term = -1
             for name, watch in self.watches.items():
                 self._apply(name, watch, states.get(name, AppState()), adopt=True, read_at=read_at)
+                # Every replica reports the incidents it knows (a follower: the leader's, mirrored), so a
+                # replica that stopped leading does not go on reporting what it last saw itself.
+                OPEN_INCIDENTS.labels(name).set(len(watch.incidents()))
 
     def stop_rounds(self) -> None:
         """No more rounds (so no new events); writes in flight go on (shutdown: flush first)."""

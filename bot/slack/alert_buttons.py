@@ -17,6 +17,7 @@ from bot.slack.alert_messages import (
     silenced_text,
 )
 from bot.slack.front import SlackFrontEnd
+from bot.slack.mrkdwn import mention
 from bot.slack.notifier import SlackNotifier
 from commands.errors import UserError
 from commands.events import Notice, Problem
@@ -76,9 +77,13 @@ class AlertButtons:
     async def _mark_one(
         self, app: str, incident_id: str, what: str, user: str, until: float, notifier: SlackNotifier
     ) -> str | None:
-        incident = await self.front.service.mark_incident(app, incident_id, what, user, until, notifier)
-        if incident is None:
+        marked = await self.front.service.mark_incident(app, incident_id, what, user, until, notifier)
+        if marked is None:
             await notifier.emit(Notice("That incident is already resolved."))
+            return None
+        incident, now = marked
+        if not now:  # a double-click, or a second person: said to the presser only, not to the thread
+            await notifier.emit(Notice(f"Already acknowledged by {mention(incident.acknowledged_by or '')}."))
             return None
         return silenced_text(user, incident, until) if what == "silence" else acknowledged_text(incident)
 
