@@ -33,6 +33,20 @@ class Bot:
         self.slack = slack
         self.slack_url = slack_url
 
+    def reset(self, *servers: str) -> Bot:
+        """A clean slate for a test on a shared bot: no recorded Slack calls, an empty KV, and `servers`
+        (default two) serving in app."""
+        self.slack.clear()
+        for key in list(self.consul.standin.kv):
+            self.consul.server.call(self.consul.standin.kv.pop, key)
+        for server in servers or ("127.0.0.1:9001", "127.0.0.1:9002"):
+            self.consul.add_server("app", server)
+        return self
+
+    def down(self, address: str, upstream: str = "app") -> int:
+        """The server's `down` as Consul holds it (0 when absent)."""
+        return int(json.loads(self.consul.value(f"upstreams/{upstream}/{address}") or "{}").get("down", 0))
+
     def post(self, body: str, headers: dict[str, str] | None = None) -> httpx.Response:
         headers = {"Content-Type": "application/x-www-form-urlencoded", **(sign(body) if headers is None else headers)}
         return httpx.post(f"{self.url}/slack/events", content=body, headers=headers, timeout=10)

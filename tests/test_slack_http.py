@@ -3,7 +3,6 @@ signed requests, and what the bot said read from the Slack Web API stand-in's re
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,16 +27,8 @@ def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bot]:
 
 @pytest.fixture
 def seeded(bot: Bot) -> Bot:
-    bot.slack.clear()
-    for key in list(bot.consul.standin.kv):
-        bot.consul.server.call(bot.consul.standin.kv.pop, key)
-    bot.consul.add_server("app", "127.0.0.1:9001")
-    bot.consul.add_server("app", "127.0.0.1:9002")
+    bot.reset()
     return bot
-
-
-def down(bot: Bot, address: str) -> int:
-    return json.loads(bot.consul.value(f"upstreams/app/{address}") or "{}").get("down", 0)
 
 
 def test_healthz(bot: Bot) -> None:
@@ -116,11 +107,11 @@ def test_status_is_answered_privately_with_a_summary(seeded: Bot) -> None:
 def test_drain_is_confirmed_by_the_button_and_announced_in_the_channel(seeded: Bot) -> None:
     seeded.command("/drain", "127.0.0.1:9001")
     asked = seeded.said(lambda c: "app: 1 of 2 will be serving" in c.text, method="chat.postEphemeral")
-    assert down(seeded, "127.0.0.1:9001") == 0
+    assert seeded.down("127.0.0.1:9001") == 0
     assert seeded.press("confirm", confirm_key(asked)).status_code == 200
     posted = seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text, method="chat.postMessage")
     assert posted.args["channel"] == "C0DEPLOY" and "U1ALICE" in posted.text and "1 of 2 now serving" in posted.text
-    assert down(seeded, "127.0.0.1:9001") == 1
+    assert seeded.down("127.0.0.1:9001") == 1
     # The buttons are replaced, so the message shows the verdict.
     seeded.said(lambda c: c.args.get("replace_original") and "confirmed by" in c.text, method="response_url")
 
@@ -148,7 +139,7 @@ def test_a_double_press_does_the_change_once(seeded: Bot) -> None:
     seeded.said(lambda c: "Already confirmed by <@U1ALICE>" in c.text)
     seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text, method="chat.postMessage")
     assert len([c for c in seeded.slack.calls("chat.postMessage") if "Drain" in c.text]) == 1
-    assert down(seeded, "127.0.0.1:9001") == 1
+    assert seeded.down("127.0.0.1:9001") == 1
 
 
 def test_only_an_operator_may_confirm(seeded: Bot) -> None:
@@ -156,10 +147,10 @@ def test_only_an_operator_may_confirm(seeded: Bot) -> None:
     key = confirm_key(seeded.said(lambda c: "Drain" in c.text, method="chat.postEphemeral"))
     seeded.press("confirm", key, user="U9MALLORY")
     seeded.said(lambda c: c.args.get("user") == "U9MALLORY" and "only operators of app" in c.text)
-    assert down(seeded, "127.0.0.1:9001") == 0
+    assert seeded.down("127.0.0.1:9001") == 0
     seeded.press("confirm", key, user="U3OPS")  # a member of the operators' user group S0OPS
     seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text and "U3OPS" in c.text, method="chat.postMessage")
-    assert down(seeded, "127.0.0.1:9001") == 1
+    assert seeded.down("127.0.0.1:9001") == 1
 
 
 def test_cancel_changes_nothing(seeded: Bot) -> None:
@@ -169,7 +160,7 @@ def test_cancel_changes_nothing(seeded: Bot) -> None:
     seeded.said(lambda c: "cancelled by" in c.text, method="response_url")
     seeded.press("confirm", key)
     seeded.said(lambda c: "Already cancelled" in c.text)
-    assert down(seeded, "127.0.0.1:9001") == 0
+    assert seeded.down("127.0.0.1:9001") == 0
 
 
 def test_a_press_after_someone_else_changed_the_server_says_what_changed(seeded: Bot) -> None:
@@ -179,7 +170,7 @@ def test_a_press_after_someone_else_changed_the_server_says_what_changed(seeded:
     seeded.press("confirm", key)
     # As sent to Slack: `>` escaped (Slack shows "weight 1 -> 5").
     seeded.said(lambda c: "changed since you asked (weight 1 -&gt; 5)" in c.text, method="chat.postMessage")
-    assert down(seeded, "127.0.0.1:9001") == 0
+    assert seeded.down("127.0.0.1:9001") == 0
 
 
 def test_bad_input_gets_a_private_answer(seeded: Bot) -> None:

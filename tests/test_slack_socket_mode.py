@@ -136,16 +136,8 @@ def bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SocketModeBot]:
 
 @pytest.fixture
 def seeded(bot: SocketModeBot) -> SocketModeBot:
-    bot.slack.clear()
-    for key in list(bot.consul.standin.kv):
-        bot.consul.server.call(bot.consul.standin.kv.pop, key)
-    bot.consul.add_server("app", "127.0.0.1:9001")
-    bot.consul.add_server("app", "127.0.0.1:9002")
+    bot.reset()
     return bot
-
-
-def down(bot: Bot, address: str) -> int:
-    return int(json.loads(bot.consul.value(f"upstreams/app/{address}") or "{}").get("down", 0))
 
 
 def test_a_command_is_acknowledged_and_answered(seeded: SocketModeBot) -> None:
@@ -164,11 +156,11 @@ def test_a_command_from_another_channel_is_refused_in_the_acknowledgement(seeded
 def test_a_drain_is_asked_confirmed_by_a_press_and_done(seeded: SocketModeBot) -> None:
     seeded.acknowledged(seeded.send_command("/drain", "127.0.0.1:9001"))
     asked = seeded.said(lambda c: "app: 1 of 2 will be serving" in c.text, method="chat.postEphemeral")
-    assert down(seeded, "127.0.0.1:9001") == 0
+    assert seeded.down("127.0.0.1:9001") == 0
     seeded.acknowledged(seeded.send_press("confirm", confirm_key(asked)))
     posted = seeded.said(lambda c: "Drain 127.0.0.1:9001" in c.text, method="chat.postMessage")
     assert posted.args["channel"] == "C0DEPLOY" and "1 of 2 now serving" in posted.text
-    assert down(seeded, "127.0.0.1:9001") == 1
+    assert seeded.down("127.0.0.1:9001") == 1
     seeded.said(lambda c: c.args.get("replace_original") and "confirmed by" in c.text, method="response_url")
 
 
