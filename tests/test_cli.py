@@ -110,7 +110,7 @@ def test_demo_takes_the_same_commands_at_its_prompt() -> None:
     out = result.stdout
     assert out.count("app: 3 of 3 serving") == 2 and "app: 2 of 3 serving" in out
     assert re.search(rf"127\.0\.0\.1:{base}\s+DRAINED", out)
-    assert "probe: ok (200 OK)" in out
+    assert "probe: ok (200 OK)  version: 1" in out  # what each sample service says it runs
     assert f"not in the upstream yet, answers at 127.0.0.1:{base + 3}" in out  # said in the banner
     assert "/release <app>" in out and "is not a command" not in out  # help is a command
     assert "app: 4 of 4 serving" in out

@@ -20,7 +20,9 @@ from bot.runtime import service_for
 from bot.standins.consul import ConsulStandIn
 from bot.standins.server_thread import ServerThread
 from bot.terminal.frontend import PROMPT_FORM, TerminalFrontEnd
+from bot.terminal.prompt import on_terminal
 from commands.servers import DEFAULTS, encode
+from commands.service import CommandService
 from commands.settings import AppSettings, HealthSettings, NginxSettings, ReleaseSettings, StepSpec
 
 BANNER = """upstream-bot demo: Consul stand-in at {consul}, app served by {servers};
@@ -45,10 +47,32 @@ def demo_config(consul_url: str, ports: list[int], state: Path) -> Config:
         name="app",
         upstream="app",
         nginx=NginxSettings(upsync_interval=0.5),
-        health=HealthSettings(url="http://{host}:{port}/ping", interval=2.0, timeout=2.0, window=30.0, rise=2),
+        health=HealthSettings(
+            url="http://{host}:{port}/ping",
+            interval=2.0,
+            timeout=2.0,
+            window=30.0,
+            rise=2,
+            version_header="X-App-Version",  # the sample services name their deployed version in it
+        ),
         release=ReleaseSettings(executor="local", drain_wait=1.0, steps=demo_steps(state)),
     )
     return Config(consul=ConsulConfig(addresses=(consul_url,)), apps={"app": app}, source="<demo>")
+
+
+def front_end(service: CommandService, assume_yes: bool) -> TerminalFrontEnd:
+    """On a terminal, the interactive prompt (line editing, releases in the background); from a pipe, the
+    line reader, one command at a time (scripted demos and the tests rely on that order)."""
+    # What a release leaves drained is put back at this prompt, not with `upstream-bot run`: the demo's
+    # Consul lives in this process.
+    if not on_terminal():
+        return TerminalFrontEnd(service, user="local:demo", assume_yes=assume_yes, put_back_form=PROMPT_FORM)
+    from bot.terminal.interactive import InteractiveFrontEnd
+    from bot.terminal.prompt import PromptReader
+
+    return InteractiveFrontEnd(
+        service, PromptReader(), user="local:demo", assume_yes=assume_yes, put_back_form=PROMPT_FORM
+    )
 
 
 async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = False) -> int:
@@ -74,9 +98,7 @@ async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = Fal
             start_sample_service(port, state_dir=state)
         config = demo_config(server.url, ports, state)
         async with service_for(config, echo=None) as service:
-            # What a release leaves drained is put back at this prompt, not with `upstream-bot run`:
-            # the demo's Consul lives in this process.
-            front = TerminalFrontEnd(service, user="local:demo", assume_yes=assume_yes, put_back_form=PROMPT_FORM)
+            front = front_end(service, assume_yes)
             if isinstance(service.watches, HealthWatcher):
                 service.watches.start(front)
             finished = await front.repl(

@@ -4,6 +4,11 @@ Ctrl-C and SIGTERM while a command runs: the first signal aborts every running r
 before its next step; a node it stopped is started and probed, and put back only if healthy) and lets
 it finish that abort; with no release running it cancels the command. The second signal cancels at
 once. Either way, what is left drained is printed with the command that puts each node back.
+
+This module reads lines from stdin as they come (pipes, tests, `upstream-bot run`): one command at a
+time, a release holding the prompt until it ends. On a terminal the demo's prompt is
+`bot/terminal/interactive.py` (line editing, history, a release in the background), with the same
+signal semantics.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import pwd
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TextIO
 
 from bot.terminal.render import event_lines, option_label
@@ -170,8 +175,11 @@ class TerminalFrontEnd:
         self._print(f"decision: {choice}")
         await self.service.decide(event.state.plan.app, event.decision_id, choice, self.user, self)
 
+    def _decision_prompt(self, event: DecisionNeeded, options: tuple[str, ...], default: str) -> str:
+        return f"{' | '.join(options)}? [{default}] "
+
     async def _choose(self, event: DecisionNeeded, options: tuple[str, ...], default: str) -> str | None:
-        prompt = f"{' | '.join(options)}? [{default}] "
+        prompt = self._decision_prompt(event, options, default)
         for _ in range(ASK_ATTEMPTS):
             answer = await self._ask_unless_interrupted(prompt)
             if self._interrupt.is_set():
@@ -202,7 +210,7 @@ class TerminalFrontEnd:
         """The answer, or None as soon as a signal interrupts the question."""
         if self._interrupt.is_set():
             return None
-        question = asyncio.ensure_future(self.ask(prompt))
+        question = asyncio.ensure_future(self._ask_release(prompt))
         interrupted = asyncio.ensure_future(self._interrupt.wait())
         try:
             await asyncio.wait({question, interrupted}, return_when=asyncio.FIRST_COMPLETED)
@@ -210,8 +218,16 @@ class TerminalFrontEnd:
             interrupted.cancel()
             if not question.done():
                 question.cancel()
-                self._print("")  # end the prompt's line
+                self._end_prompt_line()
         return question.result() if question.done() and not question.cancelled() else None
+
+    async def _ask_release(self, prompt: str) -> str | None:
+        """A question a running release asks (a decision). Here the same as any other; the interactive
+        prompt puts it after the questions of the command being typed."""
+        return await self.ask(prompt)
+
+    def _end_prompt_line(self) -> None:
+        self._print("")  # a question given up on left its prompt without a newline
 
     # -- commands -------------------------------------------------------------------------------
 
@@ -282,26 +298,18 @@ class TerminalFrontEnd:
                 task.cancel()
             cancel_now.set()
 
-        previous = {sig: signal.getsignal(sig) for sig in SIGNAL_NAMES}
-        for sig in SIGNAL_NAMES:
-            loop.add_signal_handler(sig, on_signal, sig)
         cancelled = asyncio.ensure_future(cancel_now.wait())
         try:
-            # Until the command ends (a release after its abort), or a cancel is asked for.
-            await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                await asyncio.wait({task}, timeout=CANCEL_GRACE)  # its cleanup; bounded
+            with signals_handled(loop, on_signal):
+                # Until the command ends (a release after its abort), or a cancel is asked for.
+                await asyncio.wait({task, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    await asyncio.wait({task}, timeout=CANCEL_GRACE)  # its cleanup; bounded
         except asyncio.CancelledError:
             task.cancel()
             raise
         finally:
             cancelled.cancel()
-            for sig, handler in previous.items():
-                loop.remove_signal_handler(sig)
-                # remove_signal_handler puts Python's default back; asyncio.run had its own SIGINT
-                # handler there (Ctrl-C at the demo's prompt relies on it).
-                with contextlib.suppress(TypeError, ValueError):
-                    signal.signal(sig, handler)
         outcome = self._outcome(task)
         if self.interrupted:
             self._report_interrupted(line, task.done())
@@ -339,22 +347,21 @@ class TerminalFrontEnd:
         return True
 
     def _report_interrupted(self, line: str, finished: bool) -> None:
-        state = self.release_state
-        how = "stopped before it finished" if not finished else "ended"
-        if state is None:
-            try:
-                release = isinstance(parse_line(line), ReleaseRequest)
-            except UserError:
-                release = False
-            if release:
-                self._print(f"interrupted ({self.interrupted}): no release had started; nothing is left drained")
-            else:
-                self._print(
-                    f"interrupted ({self.interrupted}): `{line}` {how}; `/upstream status` shows where things are"
-                )
-            return
-        for text in self.left_drained_lines(state):
+        for text in self.interrupted_lines(line, finished, self.release_state, self.interrupted or "?"):
             self._print(text)
+
+    def interrupted_lines(self, line: str, finished: bool, state: ReleaseState | None, name: str) -> list[str]:
+        """What an interrupted command left: a release's drained nodes, or where to look."""
+        if state is not None:
+            return self.left_drained_lines(state)
+        try:
+            release = isinstance(parse_line(line), ReleaseRequest)
+        except UserError:
+            release = False
+        if release:
+            return [f"interrupted ({name}): no release had started; nothing is left drained"]
+        how = "stopped before it finished" if not finished else "ended"
+        return [f"interrupted ({name}): `{line}` {how}; `/upstream status` shows where things are"]
 
     def left_drained_lines(self, state: ReleaseState) -> list[str]:
         """What the release left drained, each with the command that puts it back."""
@@ -393,3 +400,20 @@ class TerminalFrontEnd:
             if self.signals >= 2:
                 self._print("leaving the demo")
                 return False
+
+
+@contextlib.contextmanager
+def signals_handled(loop: asyncio.AbstractEventLoop, handler: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM go to `handler` inside the block; the handlers before are put back."""
+    previous = {sig: signal.getsignal(sig) for sig in SIGNAL_NAMES}
+    for sig in SIGNAL_NAMES:
+        loop.add_signal_handler(sig, handler, sig)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            loop.remove_signal_handler(sig)
+            # remove_signal_handler puts Python's default back; asyncio.run had its own SIGINT handler
+            # there (Ctrl-C at the demo's prompt relies on it).
+            with contextlib.suppress(TypeError, ValueError):
+                signal.signal(sig, old)

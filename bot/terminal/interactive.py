@@ -1,0 +1,380 @@
+"""The demo's prompt on a terminal: a release runs in the background and the prompt keeps taking commands
+(`/release status app`, `/release abort app`, `/upstream status app`, ...).
+
+Who gets a line. One loop (`repl`) shows one prompt at a time, and a line goes to the prompt it was
+typed at, never to another:
+- with no question pending, the command prompt `upstream-bot> ` (held while a typed command runs, as
+  before; a release stops holding it once it has started: it runs on in the background);
+- with questions pending, the first of them, its text as the prompt; the next line answers it. The
+  questions of the command being typed (Confirm?) come before those of running releases (a canary's
+  end, a failed node), then oldest first.
+- A question never takes the place of a prompt holding typed text: it is asked once that line is entered
+  (or cleared). An empty prompt gives way at once, so the question is seen as soon as it is asked.
+- At a release's question a line starting with `/` is a command, not an answer (answers are words, and
+  abort is never one of them): `/release abort app` is typed there; the question is asked again after it.
+
+Ctrl-C and SIGTERM keep frontend.py's meaning, wherever they come (Ctrl-C at the prompt is a key, not a
+signal, while the prompt waits): the first aborts every running release, in the background or not, and
+lets it finish that abort (with none running, it cancels the command in progress); the second cancels
+everything at once and leaves the demo, listing what is left drained. With nothing running, Ctrl-C on an
+empty prompt leaves the demo (as before), Ctrl-C with text typed clears the line, SIGTERM leaves.
+
+Leaving (`exit`, Ctrl-D) while a release runs is refused, naming `/release abort`: leaving would stop the
+demo with a node drained and maybe stopped. If the terminal itself goes away, the releases are aborted
+and waited for, and what is left drained is listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.terminal.frontend import CANCEL_GRACE, SIGNAL_NAMES, TerminalFrontEnd, signals_handled
+from bot.terminal.prompt import CtrlC, CtrlD, LineReader, Withdrawn, output_to_console
+from commands.errors import UserError
+from commands.events import DecisionNeeded, Event, ReleaseFinished, ReleaseUpdate
+from commands.grammar import parse_line
+from commands.release_state import ReleaseState
+from commands.requests import ReleaseRequest, ReleaseResumeRequest
+from commands.service import CommandService
+
+log = logging.getLogger(__name__)
+COMMAND_PROMPT = "upstream-bot> "
+EXIT_WORDS = ("exit", "quit", "/exit", "/quit")
+
+
+def is_release(line: str) -> bool:
+    """The command runs a release (or takes one up) once confirmed."""
+    try:
+        return isinstance(parse_line(line), ReleaseRequest | ReleaseResumeRequest)
+    except UserError:
+        return False
+
+
+@dataclass(eq=False)
+class Question:
+    prompt: str
+    first: bool  # the typed command's own (a confirmation): before the releases' questions
+    answer: asyncio.Future[str | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    hinted: bool = False  # how to answer it (and how not to) was printed
+    waiting_told: bool = False  # "a question waits" was printed
+
+
+class Questions:
+    """The questions waiting for a line, in the order they are put to the prompt."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self._pending: list[Question] = []
+        self._changed = changed
+
+    async def ask(self, prompt: str, first: bool) -> str | None:
+        question = Question(prompt, first)
+        self._pending.append(question)
+        self._changed()
+        try:
+            return await question.answer
+        finally:  # answered, or given up on by its asker (the release moved on, Ctrl-C)
+            self._pending.remove(question)
+            self._changed()
+
+    def current(self) -> Question | None:
+        open_ = [q for q in self._pending if not q.answer.done()]
+        return next((q for q in open_ if q.first), None) or next(iter(open_), None)
+
+
+@dataclass(eq=False)
+class Job:
+    """A command typed at the prompt, running; `app` once it has become a running release."""
+
+    line: str
+    task: asyncio.Task[Any]
+    app: str | None = None
+    over: bool = False  # its release has ended (what follows is its audit entries): no reason to stay
+    interrupted: str | None = None  # "Ctrl-C" / "SIGTERM" when a signal came while it ran
+    reported: bool = False
+
+
+class _CommandPrompt:
+    """What `_shown` holds while the command prompt is up."""
+
+
+COMMAND = _CommandPrompt()
+
+
+class InteractiveFrontEnd(TerminalFrontEnd):
+    """The terminal front end with a prompt_toolkit prompt and releases in the background (see above)."""
+
+    def __init__(self, service: CommandService, reader: LineReader, **options: Any) -> None:
+        self.questions = Questions(self._changed)
+        super().__init__(service, ask=self._ask_command, **options)
+        self.reader = reader
+        reader.on_text_changed = self._give_way
+        self.states: dict[str, ReleaseState] = {}  # the latest state of each app's release seen here
+        self.foreground: Job | None = None  # the command holding the prompt
+        self.background: list[Job] = []  # releases started here, running on
+        self._change = asyncio.Event()
+        self._shown: Question | _CommandPrompt | None = None
+        self._leaving: str | None = None  # "bye", "now" (second signal), "closed" (the terminal went away)
+
+    # -- output and questions -------------------------------------------------------------------------
+
+    def _print(self, line: str) -> None:
+        self.reader.print_lines([line])
+
+    def _end_prompt_line(self) -> None:
+        pass  # the prompt of a question given up on is taken down (and said so) by `_answer`
+
+    async def _ask_command(self, prompt: str) -> str | None:
+        return await self.questions.ask(prompt, first=True)
+
+    async def _ask_release(self, prompt: str) -> str | None:
+        return await self.questions.ask(prompt, first=False)
+
+    def _decision_prompt(self, event: DecisionNeeded, options: tuple[str, ...], default: str) -> str:
+        # Asked while other things are printed and typed: the prompt itself says what it is about.
+        about = f"{event.state.plan.app} {event.node}" if event.node else event.state.plan.app
+        return f"[{about}] {super()._decision_prompt(event, options, default)}"
+
+    async def emit(self, event: Event) -> None:
+        if isinstance(event, ReleaseUpdate | ReleaseFinished | DecisionNeeded):
+            self.states[event.state.plan.app] = event.state
+        await super().emit(event)
+        if isinstance(event, ReleaseUpdate) and not event.state.status.finished:
+            self._to_background(event.state.plan.app)
+        elif isinstance(event, ReleaseFinished):
+            for job in self.background:
+                job.over = job.over or job.task is asyncio.current_task()
+
+    def _to_background(self, app: str) -> None:
+        """The typed command has started a release: it runs on, and the prompt comes back."""
+        job = self.foreground
+        if job is None or asyncio.current_task() is not job.task:
+            return
+        job.app, self.foreground = app, None
+        self.background.append(job)
+        self._print(
+            f"(the release of {app} runs in the background; the prompt takes commands: /release status {app}, "
+            f"/release abort {app}; Ctrl-C aborts it)"
+        )
+        self._changed()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def repl(self, banner: str = "") -> bool:
+        """Until `exit` (True) or a second Ctrl-C/SIGTERM while something runs (False)."""
+        if banner:
+            self._print(banner)
+        try:
+            with output_to_console(self.reader), signals_handled(asyncio.get_running_loop(), self._on_signal):
+                while True:
+                    ended = await self._step()
+                    if ended is not None:
+                        return ended
+        finally:
+            for job in self._jobs():  # left by an error or a cancel of the demo itself: not left running
+                job.task.cancel()
+            await self.reader.drain()
+
+    async def _step(self) -> bool | None:
+        self._change.clear()
+        if self._leaving is not None:
+            return await self._leave()
+        question = self.questions.current()
+        if question is not None:
+            await self._answer(question)
+        elif self.foreground is not None:
+            await self._change.wait()  # the command runs: its end, a question or a signal wakes us
+        else:
+            await self._read_command()
+        return None
+
+    async def _read_command(self) -> None:
+        self._shown = COMMAND
+        try:
+            line = (await self.reader.read(COMMAND_PROMPT, command=True)).strip()
+        except Withdrawn:
+            return
+        except CtrlC as key:
+            if key.typed and not self._jobs():
+                return  # clears the line, as in a shell
+            self._interrupt_by("Ctrl-C")
+            return
+        except CtrlD as eof:
+            self._exit(eof.closed)
+            return
+        finally:
+            self._shown = None
+        if line in EXIT_WORDS:
+            self._exit(closed=False)
+        elif line:
+            self.foreground = self._start(line)
+
+    async def _answer(self, question: Question) -> None:
+        if not question.first and not question.hinted:
+            question.hinted = True
+            self._print(
+                "(answer at the prompt; a line starting with / runs as a command instead, e.g. "
+                "/release status <app> or /release abort <app>, and the question is asked again)"
+            )
+        self._shown = question
+        try:
+            answer: str | None = (await self.reader.read(question.prompt, command=False)).strip()
+        except Withdrawn:
+            if question.answer.cancelled():
+                self._print(f"{question.prompt}(no longer asked)")
+            return
+        except CtrlC:
+            self._interrupt_by("Ctrl-C")
+            return
+        except CtrlD as eof:
+            answer = None  # as at the end of piped input: the safe answer
+            if eof.closed:
+                self._exit(closed=True)
+        finally:
+            self._shown = None
+        if answer is not None and answer.startswith("/") and not question.first:
+            self._command_at_question(answer)
+        elif not question.answer.done():
+            question.answer.set_result(answer)
+
+    def _command_at_question(self, line: str) -> None:
+        self.reader.remember(line)
+        if self.foreground is not None:
+            self._print(f"`{self.foreground.line}` is still running: type `{line}` once it has ended.")
+        else:
+            self.foreground = self._start(line)
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._give_way()
+
+    def _give_way(self) -> None:
+        """Take the shown prompt down when another should be shown and nothing is typed in it (or its
+        question was given up on); with text typed it stays until Enter (see the module's doc)."""
+        shown = self._shown
+        if shown is None:
+            return
+        if isinstance(shown, Question) and shown.answer.done():
+            self.reader.withdraw()  # given up on by its asker
+            return
+        wanted = self.questions.current() or (COMMAND if self.foreground is None else None)
+        if wanted is shown:
+            return
+        if not self.reader.typed():
+            self.reader.withdraw()
+        elif isinstance(wanted, Question) and not wanted.waiting_told:
+            wanted.waiting_told = True
+            self._print("(a question waits: it is asked once the line being typed is entered or cleared)")
+
+    # -- jobs, signals, leaving -----------------------------------------------------------------------
+
+    def _jobs(self) -> list[Job]:
+        return [*([self.foreground] if self.foreground else []), *self.background]
+
+    def _start(self, line: str) -> Job:
+        job = Job(line, asyncio.ensure_future(self.run_line(line)))
+        job.task.add_done_callback(lambda _task: self._ended(job))
+        return job
+
+    def _ended(self, job: Job) -> None:
+        if job is self.foreground:
+            self.foreground = None
+        elif job in self.background:
+            self.background.remove(job)
+        self._report(job)
+        if not self._jobs() and self._leaving is None:
+            # Nothing runs any more: the next Ctrl-C is a first one again.
+            self.signals, self.interrupted, self._interrupt = 0, None, asyncio.Event()
+        self._changed()
+
+    def _report(self, job: Job) -> None:
+        """An error of a command, or what an interrupted one left (drained nodes)."""
+        if job.reported:
+            return
+        job.reported = True
+        task = job.task
+        error = task.exception() if task.done() and not task.cancelled() else None
+        if error is not None:
+            log.error("`%s` failed", job.line, exc_info=error)
+            self._print(f"error: {type(error).__name__}: {error}")
+        if job.interrupted:
+            state = self.states.get(job.app) if job.app else None
+            finished = task.done() and not task.cancelled()
+            for line in self.interrupted_lines(job.line, finished, state, job.interrupted):
+                self._print(line)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._interrupt_by(SIGNAL_NAMES.get(sig, sig.name))
+
+    def _interrupt_by(self, name: str) -> None:
+        jobs = self._jobs()
+        if not jobs:
+            self._leaving = "bye"
+            self._changed()
+            self.reader.withdraw()
+            return
+        self.signals += 1
+        self.interrupted = self.interrupted or name
+        self._interrupt.set()  # open release questions stop waiting: the abort answers them
+        if self.signals == 1:
+            self._first_signal(name)
+            return
+        self._print(f"{name}: stopping at once")
+        for job in jobs:
+            job.interrupted = job.interrupted or name
+            job.task.cancel()
+        self._leaving = "now"
+        self._changed()
+        self.reader.withdraw()
+
+    def _first_signal(self, name: str) -> None:
+        """Releases running: each is aborted and left to finish its abort (a command typed meanwhile runs
+        on). None: the command in progress is cancelled. As frontend.py's module doc says."""
+        if self._abort_releases(name):
+            for job in self._jobs():
+                if job.app is not None or is_release(job.line):  # a foreground one may not have said so yet
+                    job.interrupted = job.interrupted or name
+            return
+        if self.foreground is not None:
+            self.foreground.interrupted = name
+            self._print(f"{name}: stopping at once")
+            self.foreground.task.cancel()
+
+    def _exit(self, closed: bool) -> None:
+        running = sorted({job.app for job in self.background if job.app and not job.over})
+        if closed and self._jobs():
+            self._leaving = "closed"  # nobody is left to answer: abort, wait, list what is left
+        elif not running:
+            self._leaving = "bye"
+        else:
+            app = running[0]
+            self._print(
+                f"A release of {', '.join(running)} is running: leaving now would stop the demo with a node "
+                f"drained (and maybe stopped). `/release abort {app}` (or Ctrl-C) stops it safely; "
+                "exit once it has ended."
+            )
+
+    async def _leave(self) -> bool:
+        jobs = self._jobs()
+        if self._leaving == "closed":
+            self._print("end of input: aborting the running release(s) before leaving")
+            for job in jobs:
+                job.interrupted = job.interrupted or "end of input"
+            self._interrupt.set()
+            self._abort_releases("end of input")
+            if self.foreground is not None:
+                self.foreground.task.cancel()  # its questions would never be answered
+            await asyncio.wait({job.task for job in jobs})  # each ends after its abort (steps have timeouts)
+        elif jobs:  # "now": their cleanup after the cancel; "bye": ended releases writing their audit entries
+            await asyncio.wait({job.task for job in jobs}, timeout=CANCEL_GRACE)  # bounded
+        for job in jobs:
+            self._report(job)  # those still cleaning up after the grace: what they leave, as of now
+        if self._leaving == "now":
+            self._print("leaving the demo")
+            return False
+        self._print("bye")
+        return True
