@@ -481,7 +481,10 @@ class CommandService:
             await notifier.emit(Problem(problem))
             return Outcome.REFUSED
         assert engine is not None
-        await self.record(notifier, app, "release.decision", by, engine.plan.id, outcome=decision)
+        # Shielded: a front end that asks in place (the terminal) answers from inside the release's own
+        # DecisionNeeded task, which the release cancels as soon as it has the answer: the audit entry
+        # must be written all the same.
+        await asyncio.shield(self.record(notifier, app, "release.decision", by, engine.plan.id, outcome=decision))
         return Outcome.DONE
 
     async def mark_incident(

@@ -297,3 +297,18 @@ def test_demo_refuses_a_base_port_its_services_would_not_fit_after() -> None:
         [sys.executable, "-m", "bot.cli", "demo", "--base-port", "65533"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and "65533..65536" in done.stdout and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_decision_answered_at_the_terminal_is_in_the_history(
+    consul: Consul, tmp_path: Path, services: list[int]
+) -> None:
+    """The answer to "node failed: leave, retry, ...?" is audited like a Slack press (its write used to be
+    cancelled as soon as the release took the answer)."""
+    for port in services[:2]:
+        consul.add_server("app", f"127.0.0.1:{port}")
+    config = release_config(tmp_path, deploy="echo disk full >&2; exit 3")
+    env = {"CONSUL_HTTP_ADDR": consul.url}
+    result = upstream_bot("run", "/release app --version 2", config=config, env=env, stdin="y\nleave\n")
+    assert result.returncode == 3 and "leave" in result.stdout, result.stdout + result.stderr
+    history = upstream_bot("run", "/upstream history app", config=config, env=env)
+    assert "release.decision" in history.stdout and "leave" in history.stdout, history.stdout
