@@ -182,7 +182,8 @@ class Health(Section):
     source: one_of("probe", "nginx", "both") = "both"
     """the watch's source: probe (own probes; needs url), nginx (check_status; needs nginx.status_url), both"""
     version_header: HeaderName | None = None
-    """the probe's response header naming the version a node runs, e.g. X-App-Version; /upstream status shows it"""
+    """the probe's response header naming the version a node runs, e.g. X-App-Version; /upstream status shows
+    it, and a release says it as each node is put back (another version than released: said, not failed)"""
 
     @field_validator("timeout")
     @classmethod

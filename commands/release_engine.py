@@ -624,7 +624,21 @@ class ReleaseEngine:
             failure = await self._probe_window(node.address)
             if failure:
                 return await self._fail(node, failure)
+            return await self._restore(node, released, self._runs_note(node.address))
         return await self._restore(node, released)
+
+    def _runs_note(self, address: ServerAddress) -> str:
+        """What the node says it runs (`health.version_header`), said as it is put back; a version other
+        than the one released is said plainly (a deploy that did not take), but does not fail the node: the
+        header's format is the app's, not ours."""
+        if not self.app.health.version_header or address not in self._health:
+            return ""
+        answered = self._health[address][1].version
+        if answered is None:
+            return f" (it names no version in {self.app.health.version_header})"
+        if self.plan.version and answered != self.plan.version:
+            return f" (it answers version {quoted(answered)}, not {self.plan.version}: check the deploy)"
+        return f" (it answers version {quoted(answered)})"
 
     async def _restore(self, node: NodeState, released: bool, note: str = "") -> bool:
         await self._phase(node, Phase.RESTORING, f"restoring{note}", None if released else NOT_RELEASED)
@@ -653,7 +667,7 @@ class ReleaseEngine:
         window = HealthWindow(health.window, health.rise, self.clock.now())
         probes = 0
         while True:
-            result = await self._guarded(self.prober.probe(url, health.timeout))
+            result = await self._guarded(self.prober.probe(url, health.timeout, health.version_header))
             probes += 1
             self._health[address] = (self.clock.now(), result)
             verdict = window.record(self.clock.now(), result)

@@ -3,7 +3,7 @@ Every failure point ends with the right nodes drained or serving and the right m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from commands.events import DecisionNeeded, Event, ReleaseUpdate, StepOutput
 from commands.release_engine import ReleaseEngine
@@ -79,8 +79,10 @@ async def rig(
     nodes: list[str] = NODES,
     list_url: bool = True,
     lock: object = None,
+    version_header: str | None = None,
 ) -> Rig:
     app = app_settings(list_url)
+    app = replace(app, health=replace(app.health, version_header=version_header))
     clock = FakeClock()
     store = FakeStore("app", nodes)
     executor = FakeExecutor(clock, {"stop": 1, "deploy": 5, "start": 2})
@@ -120,6 +122,21 @@ async def test_a_serial_release_drains_deploys_probes_and_restores_one_node_at_a
     assert all(n.phase is Phase.DONE for n in state.nodes.values())
     assert isinstance(r.notifier.events[-1], ReleaseUpdate) and "succeeded" in r.notifier.events[-1].line
     assert any(isinstance(e, StepOutput) for e in r.notifier.events)  # output streamed as events
+
+
+async def test_each_node_is_put_back_saying_the_version_it_answers_and_a_wrong_one_is_said_plainly() -> None:
+    r = await rig(version_header="X-App-Version")
+    r.prober.versions = {"10.0.0.1:9000": "2.0", "10.0.0.2:9000": "1.9"}  # node 2's deploy did not take
+    state = await r.engine.run()
+    assert state.status is Status.SUCCEEDED  # the header's format is the app's: said, not failed
+    lines = "\n".join(r.notifier.lines())
+    assert "10.0.0.1:9000: restoring (it answers version 2.0)" in lines
+    assert "10.0.0.2:9000: restoring (it answers version 1.9, not 2.0: check the deploy)" in lines
+    assert "10.0.0.3:9000: restoring (it names no version in X-App-Version)" in lines
+    plain = await rig()
+    plain.prober.versions = {"10.0.0.1:9000": "2.0"}
+    await plain.engine.run()
+    assert not any("version" in line for line in plain.notifier.lines())  # not configured: not said
 
 
 async def test_the_waits_come_in_order_drain_propagation_drain_wait_probe_interval() -> None:
