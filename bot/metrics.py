@@ -7,8 +7,8 @@ Names start `upstream_bot_`. What each says:
 - `consul_call_seconds{outcome}` and `consul_errors_total{error}`: every Consul call, and why one failed;
 - `releases_started_total{app}`, `releases_finished_total{app,outcome}`, `release_node_seconds{app,phase}`
   (each phase of a node's turn, and `total`);
-- `watch_probes_total{app,result}` (healthy, failing, unknown), `watch_open_incidents{app}` (every replica
-  reports the incidents it knows, a follower the leader's: aggregate replicas with max, not sum);
+- `watch_probes_total{app,result}` (healthy, failing, unknown), `watch_open_incidents{app}` (only the replica
+  leading the watch reports it; the others have no value);
 - `alerts_posted_total{kind}`: what the health watch got into the channel;
 - `slack_api_errors_total{method,error}`: Slack calls that failed (`ratelimited` for a 429).
 """

@@ -75,9 +75,11 @@ async def service_for(
         watcher = HealthWatcher(
             config.apps, store, prober, watch_nginx, clock, releases, WatchStateKV(store), election, worker
         )
+        service = CommandService(config.apps, store, prober, nginx, clock, releases, watcher, policy, history)
         try:
-            yield CommandService(config.apps, store, prober, nginx, clock, releases, watcher, policy, history)
+            yield service
         finally:
+            await service.settle()  # audit entries still being written (e.g. a decision's)
             await watcher.aclose()  # frees the watch lock at once: another replica need not wait for its TTL
             await prober.aclose()
             await worker.aclose()

@@ -6,6 +6,7 @@ import asyncio
 import enum
 import ipaddress
 import json
+import logging
 import time
 from dataclasses import replace
 from typing import Any
@@ -73,6 +74,8 @@ from commands.settings import AppSettings
 from commands.watch import Incident, WatchControl
 from commands.writes import Written, delete_entry, write_entry
 
+log = logging.getLogger(__name__)
+
 SILENCE_FOR = 3600.0  # `/upstream silence`, as the alert's "Silence 1 h"
 WATCH = "turn the watch of"  # what the policy's refusal says a person may not do to the watch
 
@@ -115,6 +118,7 @@ class CommandService:
         self.prober = prober
         self.nginx = nginx
         self.clock = clock
+        self._audit_writes: set[asyncio.Future[None]] = set()  # written on, whoever was waiting for them
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -481,11 +485,28 @@ class CommandService:
             await notifier.emit(Problem(problem))
             return Outcome.REFUSED
         assert engine is not None
-        # Shielded: a front end that asks in place (the terminal) answers from inside the release's own
-        # DecisionNeeded task, which the release cancels as soon as it has the answer: the audit entry
-        # must be written all the same.
-        await asyncio.shield(self.record(notifier, app, "release.decision", by, engine.plan.id, outcome=decision))
+        # Its own task, kept: a front end that asks in place (the terminal) answers from inside the release's
+        # DecisionNeeded task, which the release cancels as soon as it has the answer; the audit entry is
+        # written all the same, and `settle()` waits for it before the process ends.
+        write = asyncio.ensure_future(
+            self._record_kept(notifier, app, "release.decision", by, engine.plan.id, outcome=decision)
+        )
+        self._audit_writes.add(write)
+        write.add_done_callback(self._audit_writes.discard)
+        await asyncio.shield(write)
         return Outcome.DONE
+
+    async def _record_kept(self, notifier: Notifier, app: str, what: str, who: str, target: str, outcome: str) -> None:
+        """`record` for a write nobody may be left waiting on: its failure is logged here, not lost."""
+        try:
+            await self.record(notifier, app, what, who, target, outcome=outcome)
+        except Exception:
+            log.exception("audit entry %s of %s by %s not written", what, app, who)
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) for audit writes whose callers were cancelled; a failure is logged, as any."""
+        if self._audit_writes:
+            await asyncio.wait(set(self._audit_writes), timeout=timeout)
 
     async def mark_incident(
         self, app: str, incident: str, what: str, by: str, until: float, notifier: Notifier

@@ -205,7 +205,14 @@ async def test_version_header_read_by_both_probers(services, lean, httpx_prober)
 
 
 async def odd_versions(server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    values = {b"/long": b"v" * 500, b"/control": b"1.2\x1b[31m.3", b"/blank": b"   ", b"/bad": b"2.0"}
+    values = {
+        b"/long": b"v" * 500,
+        b"/control": b"1.2\x1b[31m.3",
+        b"/blank": b"   ",
+        b"/bad": b"2.0",
+        b"/case": b"Release-2.0-RC1+SHA.ABCDEF",
+        b"/twice": b"2.1\r\nX-APP-VERSION: 9.9",  # the header twice: the first counts, for either prober
+    }
     while (request := await server.next_request(reader)) is not None:
         path = request.split(b" ")[1]
         status = b"503 Service Unavailable" if path == b"/bad" else b"200 OK"
@@ -220,6 +227,15 @@ async def test_version_from_the_node_is_made_safe_to_show(servers, lean) -> None
     assert (await lean.probe(server.url("/blank"), 3, "X-App-Version")).version is None
     failing = await lean.probe(server.url("/bad"), 3, "X-App-Version")
     assert not failing.healthy and failing.version == "2.0"  # a failing node still says what it runs
+
+
+async def test_a_version_keeps_its_case_and_the_first_of_two_counts_for_both_probers(
+    servers, lean, httpx_prober
+) -> None:
+    server = await servers(odd_versions)
+    for prober in (lean, httpx_prober):
+        assert (await prober.probe(server.url("/case"), 3, "x-app-version")).version == "Release-2.0-RC1+SHA.ABCDEF"
+        assert (await prober.probe(server.url("/twice"), 3, "X-App-Version")).version == "2.1"
 
 
 async def test_refused_port(lean, httpx_prober) -> None:

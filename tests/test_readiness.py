@@ -29,3 +29,17 @@ async def test_a_burst_of_readiness_checks_asks_consul_once_and_a_later_one_asks
         await ready()
         await asyncio.sleep(0.05)
     assert len(asked) == 2 and asked[1] - asked[0] >= 0.2
+
+
+async def test_a_readiness_check_that_breaks_is_unready_and_shared_like_any_answer() -> None:
+    calls = 0
+
+    async def broken() -> str | None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("Expecting value: line 1 column 1 (char 0)")  # HTML where Consul's JSON was due
+
+    ready = SharedAnswer(broken, fresh_for=60)
+    answers = await asyncio.wait_for(asyncio.gather(*(ready() for _ in range(10))), 5)
+    assert answers[0] == "the readiness check failed: ValueError: Expecting value: line 1 column 1 (char 0)"
+    assert set(answers) == {answers[0]} and calls == 1  # one call, not one per request

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
@@ -74,7 +75,19 @@ def test_an_unreadable_body_is_refused_for_its_signature_before_it_is_read(tmp_p
         body = urlencode({"payload": "5"})
         assert bot.post(body, headers={}).status_code == 401  # unsigned
         assert bot.post(body, headers=sign(body, secret="not-the-secret")).status_code == 401
-        odd_time = {"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=" + "0" * 64}
-        assert bot.post(body, headers=odd_time).status_code == 401
+        now = str(int(time.time()))
+        for odd in (
+            {"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=" + "0" * 64},
+            {"X-Slack-Request-Timestamp": "١٢", "X-Slack-Signature": "v0=" + "0" * 64},  # digits, not ASCII
+            {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": "v0=é"},  # slack_sdk raised TypeError: a 500
+            {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": "v0=" + "0" * 63},
+        ):
+            headers = {k: v.encode() for k, v in odd.items()}  # UTF-8 bytes on the wire
+            assert bot.post(body, headers=headers).status_code == 401, odd
+        # A body that cannot be read at all (gzip that is not): unsigned 401, signed 400, never a 500.
+        garbage = "not gzip at all"
+        gzip_headers = {"Content-Encoding": "gzip"}
+        assert bot.post(garbage, headers=gzip_headers).status_code == 401
+        assert bot.post(garbage, headers={**sign(garbage), **gzip_headers}).status_code == 400
         signed = bot.post(body)
         assert signed.status_code == 400 and signed.json() == {"ok": False, "error": "malformed request"}

@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl
 import pytest
 
 from bot.processes import stop
-from bot.slack.serve import SOCKET_PING_INTERVAL
 from bot.standins.server_thread import ServerThread
 from bot.standins.slack import SlackStandIn
 from bot.standins.socket_mode import Envelope, SocketModeStandIn
@@ -34,7 +33,8 @@ from tests.slack_bot import Bot, confirm_key
 
 ACK_WITHIN = 3.0  # Slack shows the person an error when an envelope is not acknowledged in 3 s
 # A `disconnect` message is acted on at once; a dropped connection at the client's next look at it.
-RECONNECT_WITHIN = {"refresh_requested": 2.0, "warning": 2.0, "dropped": SOCKET_PING_INTERVAL + 2.0}
+# Fixed, not derived from SOCKET_PING_INTERVAL: Bolt's default (a look every 10 s) must fail this.
+RECONNECT_WITHIN = {"refresh_requested": 2.0, "warning": 2.0, "dropped": 8.0}
 CONFIG = "slack:\n  channel: C0DEPLOY\n  channels: [C0DEPLOY]\naccess:\n  operators: [U1ALICE]\napps:\n  app: {}\n"
 TROUBLE = (" ERROR ", " CRITICAL ", "Traceback", "Exception ignored", "Unclosed")  # in the bot's log
 
@@ -199,3 +199,31 @@ def test_at_shutdown_the_bot_closes_its_connection_and_logs_no_error(tmp_path: P
         closed = bot.socket.connections()[-1]
         assert closed.closed_by == "app", closed  # a close frame from the bot, not a vanished connection
         assert bot.trouble() == []
+
+
+def test_an_app_token_slack_refuses_stops_serve_with_exit_2_and_says_why(tmp_path: Path) -> None:
+    """A bot token where the app-level token belongs: Slack answers not_allowed_token_type. Without a
+    listener nobody would notice a bot that retries for ever, so serve stops at once and says what is wrong."""
+    consul = Consul()
+    slack = SlackStandIn(socket_mode=lambda: "ws://127.0.0.1:9/never")
+    slack_server = ServerThread(slack.app()).start()
+    config = tmp_path / "upstream-bot.yml"
+    config.write_text(CONFIG)
+    environment = {
+        **{k: v for k, v in os.environ.items() if k != "SLACK_SIGNING_SECRET"},
+        "UPSTREAM_BOT_CONFIG": str(config),
+        "CONSUL_HTTP_ADDR": consul.url,
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_APP_TOKEN": "xoxb-test",  # the wrong kind of token
+        "SLACK_API_URL": f"{slack_server.url}/api/",
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "serve"], env=environment, capture_output=True, text=True, timeout=30
+        )
+    finally:
+        slack_server.stop()
+        consul.stop()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Slack refused SLACK_APP_TOKEN (apps.connections.open: not_allowed_token_type)" in done.stderr
+    assert "Traceback" not in done.stderr and len(slack.calls("apps.connections.open")) == 1  # asked once

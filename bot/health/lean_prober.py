@@ -216,13 +216,14 @@ class _Connection(asyncio.Protocol):
                 continue
             reason = parts[2].decode("ascii", "ignore").strip() if len(parts) > 2 else ""
             block = bytes(buffer[line_end + 1 : end]).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            headers = b"\r\n" + block.lower()
+            raw = b"\r\n" + block
+            headers = raw.lower()
             body = len(buffer) - end - sep
             self.buffer = bytearray()
-            self._head_done(status, reason, parts[0], headers, body)
+            self._head_done(status, reason, parts[0], headers, body, raw)
             return
 
-    def _head_done(self, status: int, reason: str, version: bytes, headers: bytes, body: int) -> None:
+    def _head_done(self, status: int, reason: str, version: bytes, headers: bytes, body: int, raw: bytes) -> None:
         connection = _header(headers, b"connection")
         if version == b"HTTP/1.1":
             reusable = connection is None or b"close" not in connection
@@ -243,7 +244,7 @@ class _Connection(asyncio.Protocol):
                 length = int(value)
                 if length > MAX_BODY:
                     reusable = False
-        self._resolve((status, reason, headers))  # the headers: for a probe that asks for one of them
+        self._resolve((status, reason, raw))  # the headers as sent: for a probe that asks for one of them
         if not reusable or body > length:
             self._close()
         elif body == length:
@@ -288,14 +289,17 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()  # nothing of ours is left to send; no lingering FIN_WAIT on our side
 
 
-def _header(headers: bytes, name: bytes) -> bytes | None:
-    """The value of `name` in a lowercased header block that starts with CRLF (None when absent)."""
+def _header(headers: bytes, name: bytes, source: bytes | None = None) -> bytes | None:
+    """The first value of `name` in a lowercased header block that starts with CRLF (None when absent),
+    cut from `source` (the block as sent: bytes.lower() keeps every offset) when given, so a value such
+    as a version `2.0-RC1` keeps its case."""
     at = headers.find(b"\r\n" + name + b":")
     if at < 0:
         return None
     start = at + len(name) + 3
     stop = headers.find(b"\r\n", start)
-    return headers[start:] if stop < 0 else headers[start:stop]
+    text = headers if source is None else source
+    return text[start:] if stop < 0 else text[start:stop]
 
 
 def _error_text(error: BaseException) -> str:
@@ -370,8 +374,10 @@ class LeanProber:
             outcome = _Failure(f"{type(error).__name__}: {error}")
         elapsed = loop.time() - started
         if outcome.__class__ is tuple:
-            status, reason, headers = outcome  # type: ignore[misc]
-            version = shown_version(_header(headers, header.lower().encode("ascii"))) if header else None
+            status, reason, raw = outcome  # type: ignore[misc]
+            version = None
+            if header:
+                version = shown_version(_header(raw.lower(), header.lower().encode("ascii", "replace"), raw))
             return ProbeResult(200 <= status < 400, f"{status} {reason}".strip(), elapsed, version)
         if outcome is _TIMEOUT:
             return ProbeResult(False, f"timeout after {timeout:g} s", elapsed)

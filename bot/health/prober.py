@@ -27,7 +27,9 @@ class HttpProber:
             return ProbeResult(False, f"{type(error).__name__}: {error}", time.monotonic() - started)
         elapsed = time.monotonic() - started
         phrase = f"{response.status_code} {response.reason_phrase}".strip()
-        version = shown_version(response.headers.get(header)) if header else None
+        # The first value, as LeanProber takes it (httpx would join repeated headers with ", ").
+        values = response.headers.get_list(header) if header else []
+        version = shown_version(values[0]) if values else None
         return ProbeResult(200 <= response.status_code < 400, phrase, elapsed, version)
 
 

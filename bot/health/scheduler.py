@@ -257,6 +257,9 @@ class HealthWatcher:
             await asyncio.sleep(FOLLOW_EVERY)
             if self.leading():
                 continue
+            # Only the leader reports open incidents: a replica that stopped leading (or never led) says
+            # nothing rather than what it last saw, whether or not it can read Consul now.
+            OPEN_INCIDENTS.clear()
             read_at = time.monotonic()
             try:
                 states = await self.state.read_all()
@@ -268,9 +271,6 @@ class HealthWatcher:
             self._adopted_term = -1
             for name, watch in self.watches.items():
                 self._apply(name, watch, states.get(name, AppState()), adopt=True, read_at=read_at)
-                # Every replica reports the incidents it knows (a follower: the leader's, mirrored), so a
-                # replica that stopped leading does not go on reporting what it last saw itself.
-                OPEN_INCIDENTS.labels(name).set(len(watch.incidents()))
 
     def stop_rounds(self) -> None:
         """No more rounds (so no new events); writes in flight go on (shutdown: flush first)."""

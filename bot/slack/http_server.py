@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -40,8 +41,49 @@ class SharedAnswer:
         async with self._lock:  # the callers waiting here take the answer the first one got
             now = time.monotonic()
             if self._answer is None or now - self._answer[0] >= self.fresh_for:
-                self._answer = (time.monotonic(), await self.ask())
+                try:
+                    why = await self.ask()
+                except Exception as error:  # a check that breaks is an answer too (and shared like one)
+                    log.warning("readiness check failed", exc_info=True)
+                    why = f"the readiness check failed: {type(error).__name__}: {error}"
+                self._answer = (time.monotonic(), why)
             return self._answer[1]
+
+
+SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+MAX_SKEW = 300  # seconds a request's timestamp may be off (Slack's own rule, and Bolt's)
+BODY_WITHIN = 10.0  # seconds a request's body may take to arrive (a client trickling it holds a handler)
+
+
+async def _unsigned(request: web.Request, verifier: SignatureVerifier) -> web.Response | None:
+    """The answer to a request Slack did not sign (None: signed). The headers are checked first, so a
+    request without a plausible signature is refused before its body is read; nothing of a body is read
+    for its meaning until its signature holds, so an outsider cannot learn how bodies are parsed."""
+    timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+    signature = request.headers.get("X-Slack-Signature", "")
+    if not (timestamp.isascii() and timestamp.isdigit()) or abs(time.time() - int(timestamp)) > MAX_SKEW:
+        return _invalid()
+    if not SIGNATURE.fullmatch(signature):
+        return _invalid()
+    try:
+        async with asyncio.timeout(BODY_WITHIN):
+            body = await request.read()
+    except TimeoutError:
+        return web.json_response({"error": "request body too slow"}, status=408)
+    except web.HTTPException:
+        raise  # aiohttp's own answer (413 for a body over client_max_size)
+    except Exception as error:  # a body that cannot be read (a bad Content-Encoding): say so, no traceback
+        log.warning("Slack request body could not be read (%s: %s)", type(error).__name__, error)
+        return web.json_response({"error": "unreadable body"}, status=400)
+    try:
+        valid = verifier.is_valid(body, timestamp, signature)
+    except Exception:  # whatever slack_sdk trips over is not a valid signature
+        valid = False
+    return None if valid else _invalid()
+
+
+def _invalid() -> web.Response:
+    return web.json_response({"error": "invalid request"}, status=401)
 
 
 def build_web_app(
@@ -55,16 +97,9 @@ def build_web_app(
     async def events(request: web.Request) -> web.Response:
         started = time.perf_counter()
         if verifier is not None:
-            body = await request.read()
-            timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
-            signature = request.headers.get("X-Slack-Signature", "")
-            try:
-                valid = verifier.is_valid(body, timestamp, signature)
-            except ValueError:  # a timestamp that is not a number (slack_sdk's int() of it)
-                valid = False
-            if not valid:
-                # Not from Slack (or too old): nothing of it is read, not even to say it is malformed.
-                return web.json_response({"error": "invalid request"}, status=401)
+            refused = await _unsigned(request, verifier)
+            if refused is not None:
+                return refused
         try:
             bolt_response = await app.async_dispatch(await to_bolt_request(request))
         except MALFORMED as error:  # a body Bolt cannot even read (`payload=5`): nothing was done

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
 
 from bot.config import Config
 from bot.consul.pending import PendingKV
@@ -20,7 +21,8 @@ from bot.health.scheduler import HealthWatcher
 from bot.heap import keep_collections_short
 from bot.interruptions import InterruptionMonitor
 from bot.runtime import service_for
-from bot.slack.app import BotTokenRefused, build_app, make_client, warm_up
+from bot.slack.app import TOKEN_ERRORS, BotTokenRefused, build_app, make_client, warm_up
+from bot.slack.calls import slack_error
 from bot.slack.directory import ApproverDirectory
 from bot.slack.front import SlackFrontEnd
 from bot.slack.http_server import build_web_app
@@ -80,7 +82,11 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
                 finally:
                     await runner.cleanup()
             else:
-                await _socket_mode(app, str(app_token))
+                try:
+                    await _socket_mode(app, str(app_token))
+                except AppTokenRefused as refused:
+                    print(f"error: {refused}", file=sys.stderr)
+                    return 2
         finally:
             heap.cancel()
             # No new watch events; what is queued for Slack gets a few seconds (the rest is logged), and
@@ -98,19 +104,44 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
 # Seconds between the Socket Mode client's pings, and between its looks at its connection. A connection
 # that ends without a close frame (a proxy or NAT cut it, Slack's side died) is only replaced at the next
 # look: with Bolt's default (10 s) the bot missed every command for up to 10 s after a drop. aiohttp waits
-# half of it for each pong, far more than Slack takes to answer. While Slack cannot be reached, each look
-# asks apps.connections.open again; slack_sdk waits out a 429 there (its Retry-After).
-SOCKET_PING_INTERVAL = 3.0
+# half of it (2.5 s) for each pong: far more than Slack takes to answer, and than the bot's event loop
+# ever stalls (benchmarks/watch_scale.py: max 29 ms). While Slack cannot be reached, each look asks
+# apps.connections.open again; slack_sdk waits out a 429 there (its Retry-After).
+SOCKET_PING_INTERVAL = 5.0
 SOCKET_CLOSE_TIMEOUT = 3.0  # seconds the Socket Mode connection gets to close at shutdown
 
 
+# apps.connections.open's answers that no retry will change: the app-level token is wrong, or the app
+# has no Socket Mode. Anything else (Slack unreachable, a 5xx) is retried by the client.
+APP_TOKEN_ERRORS = (*TOKEN_ERRORS, "not_allowed_token_type", "missing_scope", "socket_mode_not_enabled")
+
+
+class AppTokenRefused(Exception):
+    pass
+
+
 async def _socket_mode(app: AsyncApp, app_token: str) -> None:
-    """Serve over Socket Mode until cancelled (SIGTERM, Ctrl-C), then close the connection."""
+    """Serve over Socket Mode until cancelled (SIGTERM, Ctrl-C), then close the connection. A token Slack
+    refuses ends it at once (AppTokenRefused): the client would otherwise retry every few seconds for ever,
+    with no listener for a readiness probe to notice."""
     from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
     handler = AsyncSocketModeHandler(app, app_token, ping_interval=SOCKET_PING_INTERVAL)
     print("upstream-bot connecting to Slack in Socket Mode", flush=True)
     try:
+        try:
+            # The first URL asked here rather than by the client (which then uses it): one call to
+            # apps.connections.open, as before, but its refusal is seen.
+            handler.client.wss_uri = await handler.client.issue_new_wss_url()
+        except SlackApiError as error:
+            if slack_error(error) in APP_TOKEN_ERRORS:
+                raise AppTokenRefused(
+                    f"Slack refused SLACK_APP_TOKEN (apps.connections.open: {slack_error(error)}); it must be "
+                    "the app-level token (xapp-...) with connections:write, and the app must have Socket Mode on"
+                ) from None
+            log.warning("apps.connections.open failed (%s); retrying", slack_error(error))
+        except Exception as error:  # Slack unreachable right now: the client keeps trying
+            log.warning("apps.connections.open failed (%s); retrying", error)
         await handler.start_async()
     finally:
         # Bolt never closes its client: the process then ended with "Unclosed client session" logged
@@ -137,6 +168,8 @@ def _consul_unready(store: object) -> Callable[[], Awaitable[str | None]]:
             return f"Consul cannot be read: {error.message}"
         except TimeoutError:
             return f"Consul did not answer within {READY_TIMEOUT:g} s"
+        except Exception as error:  # e.g. an answer that is not Consul's (HTML from a proxy): not ready
+            return f"Consul cannot be read: {type(error).__name__}: {error}"
         return None if leader else "Consul has no leader"
 
     return unready
