@@ -44,6 +44,13 @@ class ServerThread:
         self._ready.set()
         self.loop.run_forever()
         self.loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
+        # Requests still waiting (Consul blocking queries) end here, cancelled and run to their end, rather
+        # than destroyed pending with the loop ("Task was destroyed but it is pending!" at exit).
+        leftover = asyncio.all_tasks(self.loop)
+        for task in leftover:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
 
     async def _start(self) -> None:
