@@ -223,6 +223,8 @@ def environment_problems(config: Config, env: Mapping[str, str]) -> tuple[list[s
             )
         if config.agent.ca_file and not os.access(config.agent.ca_file, os.R_OK):
             problems.append(f"agent.ca_file: {config.agent.ca_file} is not a readable file")
+    if not config.apps:
+        notes.append("apps: none (a mapping of app name to its settings): every command naming an app is refused")
     for app in config.apps.values():
         if not (app.operators if app.operators is not None else config.access.operators):
             notes.append(

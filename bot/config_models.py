@@ -3,14 +3,22 @@ keys. `bot.config` turns a validated file into settings; `upstream-bot config-sc
 models' JSON Schema, each key's docstring its description.
 
 A rule between keys is a field validator on the later key, in the smallest section holding both: it
-sees the earlier keys that passed (`info.data`), so it is judged even when an unrelated key is wrong,
-and skipped when a key it depends on is wrong (that key's own problem is reported). The one rule
+sees the earlier keys that passed (`info.data`, defaults included), so it is judged even when an
+unrelated key is wrong, and skipped when a key it depends on is wrong (that key's own problem is
+reported). A key a rule is on has `validate_default=True` when its default can break the rule (the
+default health.timeout, 3s, with an interval of 1s): pydantic skips a field's validators for a default
+otherwise. (An after-model validator would not do: it runs only when every key passed.) The one rule
 between two sections (health.source: nginx needs nginx.status_url) reads the raw health.source, so
 that it, too, is reported beside the health section's own problems.
+
+`_for_editors` fits the JSON Schema to what check-config takes: null beside each optional key and
+section, and names (of apps, of steps) checked by `propertyNames`, which an editor flags.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 from typing import Annotated, Any
 
 from pydantic import (
@@ -38,6 +46,7 @@ from bot.config_types import (
     Networks,
     Port,
     PositiveDuration,
+    Prefix,
     SessionTtl,
     SlackIds,
     StepName,
@@ -50,18 +59,63 @@ from bot.config_types import (
     whole,
 )
 
+NULL = {"type": "null"}
 
-def _no_field_titles(schema: dict[str, Any]) -> None:
-    """An editor shows the key itself; pydantic's titles ("Session Ttl") would only repeat it."""
-    for prop in schema.get("properties", {}).values():
+
+def _for_editors(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """A section's JSON Schema as an editor should check it: a key left null takes its default (so null
+    is allowed beside every key that is not required), a mapping's names are checked (`propertyNames`;
+    `patternProperties` would let any other name by unchecked), and no title (an editor shows the key
+    itself; "Session Ttl" would only repeat it)."""
+    required = set(schema.get("required", ()))
+    for key, shared in schema.get("properties", {}).items():
+        prop = copy.deepcopy(shared)  # a type's WithJsonSchema dict is shared by every key of that type
+        schema["properties"][key] = prop
         prop.pop("title", None)
+        _names_checked(prop)
+        if key not in required:
+            schema["properties"][key] = _or_null(prop, model.model_fields[key].annotation)
+
+
+def _or_null(prop: dict[str, Any], annotation: Any) -> dict[str, Any]:
+    """`prop` or null. A section's `$ref` is put inside `anyOf` with its description beside it (draft 7
+    ignores a description beside `$ref`)."""
+    for union in ("anyOf", "oneOf"):
+        if union in prop:
+            if NULL not in prop[union]:
+                prop[union].append(NULL)
+            return prop
+    notes = {key: prop.pop(key) for key in ("description", "default", "examples") if key in prop}
+    if "$ref" in prop and "description" not in notes and isinstance(annotation, type):
+        notes["description"] = inspect.cleandoc(annotation.__doc__ or "")
+    return {"anyOf": [prop, NULL], **notes}
+
+
+def _names_checked(node: Any) -> None:
+    """A mapping's name pattern as `propertyNames` (of draft 6 on), and a section as a mapping's value
+    may be null (`apps: {app: null}`, `ssh.hosts: {10.0.0.5: null}`), as anywhere else."""
+    if isinstance(node, list):
+        for item in node:
+            _names_checked(item)
+    if not isinstance(node, dict):
+        return
+    patterns = node.pop("patternProperties", None)
+    if patterns:
+        ((pattern, values),) = patterns.items()
+        node["propertyNames"] = {"pattern": pattern, **node.get("propertyNames", {})}
+        node["additionalProperties"] = values
+    values = node.get("additionalProperties")
+    if isinstance(values, dict) and set(values) == {"$ref"}:
+        node["additionalProperties"] = {"anyOf": [values, NULL]}
+    for key in ("anyOf", "oneOf", "items", "additionalProperties"):
+        _names_checked(node.get(key))
 
 
 class Section(BaseModel):
     """A mapping of known keys: an unknown one is an error naming it; a key left out or null takes its default."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True, use_attribute_docstrings=True, json_schema_extra=_no_field_titles
+        extra="forbid", strict=True, use_attribute_docstrings=True, json_schema_extra=_for_editors
     )
 
     @model_validator(mode="before")
@@ -79,9 +133,9 @@ class Consul(Section):
 
     addresses: ConsulAddresses = ["http://127.0.0.1:8500"]
     """Consul agents, tried in order when one fails; CONSUL_HTTP_ADDR (comma-separated) replaces them"""
-    prefix: Text = "upstreams"
-    """the KV folder nginx-upsync-module reads: <prefix>/<upstream>/<ip>:<port>"""
-    timeout: Duration = 5.0
+    prefix: Prefix = "upstreams"
+    """the KV folder nginx-upsync-module reads: <prefix>/<upstream>/<ip>:<port> (names separated by /)"""
+    timeout: PositiveDuration = 5.0
     """one Consul call (the ACL token comes from CONSUL_HTTP_TOKEN)"""
     session_ttl: SessionTtl = 15.0
     """the release and watch locks' session TTL (10s..24h): a dead replica's lock frees after it"""
@@ -134,7 +188,7 @@ class Ssh(Section):
     """the SSH port"""
     jump: Text | None = None
     """[user@]host[:port] of a jump host"""
-    connect_timeout: Duration = 10.0
+    connect_timeout: PositiveDuration = 10.0
     """connecting to a node"""
     hosts: Annotated[dict[str, SshOverride], a_mapping("expected a mapping of node address to its ssh settings")] = {}
     """per node (by its address): user, port, jump"""
@@ -151,7 +205,7 @@ class Agent(Section):
     """the file of the agents' shared HMAC secret (else the environment's UPSTREAM_BOT_AGENT_SECRET)"""
     ca_file: Text | None = None
     """the CA that signed the agents' TLS certificates"""
-    connect_timeout: Duration = 10.0
+    connect_timeout: PositiveDuration = 10.0
     """connecting to an agent"""
 
 
@@ -173,9 +227,10 @@ class Health(Section):
     """the health probe, {host} and {port} filled in (no other placeholder); 2xx/3xx is healthy"""
     interval: PositiveDuration = 10.0
     """between probes (a release's health window, the watch's rounds)"""
-    timeout: Duration = 3.0
+    # validate_default: the rules below hold for a timeout or window left at its default, too.
+    timeout: PositiveDuration = Field(3.0, validate_default=True)
     """one probe (at most interval)"""
-    window: Duration = 120.0
+    window: PositiveDuration = Field(120.0, validate_default=True)
     """a release: healthy within it or failed; the watch: failing this long is an alert (at least interval)"""
     rise: whole(1, 100) = 2
     """passes in a row that count as healthy"""
@@ -188,15 +243,23 @@ class Health(Section):
     @field_validator("timeout")
     @classmethod
     def _probes_do_not_overlap(cls, timeout: float, info: ValidationInfo) -> float:
-        if timeout > info.data.get("interval", timeout):
-            raise ValueError("is longer than health.interval: probes would overlap")
+        interval = info.data.get("interval", timeout)
+        if timeout > interval:
+            raise ValueError(
+                f"is {timeout:g}s, longer than health.interval ({interval:g}s): probes would overlap; "
+                f"set it to at most {interval:g}s"
+            )
         return timeout
 
     @field_validator("window")
     @classmethod
     def _a_probe_fits_the_window(cls, window: float, info: ValidationInfo) -> float:
-        if window < info.data.get("interval", window):
-            raise ValueError("is shorter than health.interval: no probe fits in the window")
+        interval = info.data.get("interval", window)
+        if window < interval:
+            raise ValueError(
+                f"is {window:g}s, shorter than health.interval ({interval:g}s): no probe fits in the window; "
+                f"set it to at least {interval:g}s"
+            )
         return window
 
     @field_validator("source")
@@ -212,7 +275,7 @@ class Step(Section):
 
     run: Text
     """the shell command to run ({app} {host} {port} {version} are filled in, shell-quoted)"""
-    timeout: Duration | None = None
+    timeout: PositiveDuration | None = None
     """the command is killed on the node after this (default: release.step_timeout)"""
 
 
@@ -241,7 +304,7 @@ class Release(Section):
     """where the steps run: ssh, agent, or local (the bot's own machine: the demo, tests)"""
     drain_wait: Duration = 2.0
     """after nginx stops routing to a node, before its stop step"""
-    step_timeout: Duration = 300.0
+    step_timeout: PositiveDuration = 300.0
     """a step's default timeout (it is killed on the node after it)"""
     version_pattern: VersionPattern = r"^[A-Za-z0-9._-]{1,64}$"
     """--version must match it; it narrows, never widens, the allowed characters"""
@@ -272,9 +335,9 @@ class Watch(Section):
 
     enabled: Flag = True
     """the health watch of this app (also /upstream watch <app> on|off)"""
-    reminder: Duration = 3600.0
+    reminder: PositiveDuration = 3600.0
     """an open incident is posted again after this unless acknowledged"""
-    drained_reminder: Duration = 86400.0
+    drained_reminder: PositiveDuration = 86400.0
     """a node drained longer than this gets one reminder"""
     concurrency: whole(1, 1000) = 64
     """probes in flight at once"""
@@ -284,7 +347,7 @@ class App(Section):
     """An app; its name (the key) is what commands take, e.g. /release app."""
 
     upstream: Upstream | None = None
-    """the folder under consul.prefix (one name, no /); default: the app's name"""
+    """the folder under consul.prefix (one name: letters, digits, . _ -); default: the app's name"""
     operators: SlackIds | None = None
     """who may change this app, instead of access.operators; [] = nobody"""
     approvers: SlackIds = []
@@ -329,6 +392,11 @@ class App(Section):
         return health
 
 
+def _no_apps(apps: Any) -> Any:
+    """`apps: []` and `apps: ""` are no apps, as the validator before pydantic took them."""
+    return {} if isinstance(apps, list | str) and not apps else apps
+
+
 class ConfigFile(Section):
     """upstream-bot's configuration (upstream-bot.yml); docs/configuration.md explains each key."""
 
@@ -340,5 +408,9 @@ class ConfigFile(Section):
     history: History = Field(default_factory=History)
     ssh: Ssh = Field(default_factory=Ssh)
     agent: Agent = Field(default_factory=Agent)
-    apps: Annotated[dict[AppName, App], a_mapping("expected a mapping of app name to its settings")] = {}
+    apps: Annotated[
+        dict[AppName, App],
+        a_mapping("expected a mapping of app name to its settings"),
+        BeforeValidator(_no_apps),  # runs first
+    ] = {}
     """the apps, by the name commands take"""

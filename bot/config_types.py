@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from bot.durations import parse_duration
+from commands.quoting import without_credentials
 
 # Names the bot's own keys use beside the apps' (upstream-bot/locks/<app> and the watch's election lock).
 RESERVED_APP_NAMES = ("watch",)
@@ -86,22 +87,25 @@ def one_of(*choices: str) -> Any:
 
 # `bot.durations` reads them; an editor checks them with this pattern (a test keeps the two the same).
 DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$"
-Duration = Annotated[
-    float,
-    PlainValidator(parse_duration),
-    WithJsonSchema(
+# The same with a digit other than 0 in the number: more than 0.
+POSITIVE_DURATION_PATTERN = DURATION_PATTERN.replace("^\\s*", "^\\s*(?=\\d*\\.?\\d*[1-9])", 1)
+
+
+def _duration_schema(number: dict[str, Any], pattern: str = DURATION_PATTERN) -> WithJsonSchema:
+    return WithJsonSchema(
         {
-            "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number", "minimum": 0}],
+            "anyOf": [{"type": "string", "pattern": pattern}, {"type": "number", **number}],
             "examples": ["500ms", "10s", "2m", "1h"],
         }
-    ),
-]
+    )
 
 
-def _more_than_zero(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be more than 0")
-    return seconds
+def _more_than_zero(value: Any) -> float:
+    """A duration more than 0 (a negative number is refused as 0 is, not as "a duration is 0 or more")."""
+    negative = isinstance(value, int | float) and not isinstance(value, bool) and value < 0
+    if negative or parse_duration(value) <= 0:
+        raise ValueError(f"must be more than 0, got {value!r}")
+    return parse_duration(value)
 
 
 def _a_session_ttl(seconds: float) -> float:
@@ -110,8 +114,20 @@ def _a_session_ttl(seconds: float) -> float:
     return seconds
 
 
-PositiveDuration = Annotated[Duration, AfterValidator(_more_than_zero)]
-SessionTtl = Annotated[Duration, AfterValidator(_a_session_ttl)]
+# 0 or more: a wait that may be none (release.drain_wait).
+Duration = Annotated[float, PlainValidator(parse_duration), _duration_schema({"minimum": 0})]
+# More than 0: a timeout, an interval, a window, a reminder (0 would fail at once, or repeat without pause).
+PositiveDuration = Annotated[
+    float,
+    PlainValidator(_more_than_zero),
+    _duration_schema({"exclusiveMinimum": 0}, POSITIVE_DURATION_PATTERN),
+]
+SessionTtl = Annotated[
+    float,
+    PlainValidator(parse_duration),
+    AfterValidator(_a_session_ttl),
+    _duration_schema({"minimum": 10, "maximum": 86400}),
+]
 
 
 def url(value: Any, placeholders: bool = False) -> str:
@@ -119,20 +135,21 @@ def url(value: Any, placeholders: bool = False) -> str:
     health URL), `{host}` and `{port}` may stand for the node's address; no other URL has any."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected an http(s) URL, e.g. http://127.0.0.1:8500, got {value!r}")
+    shown = repr(without_credentials(value))
     found = set(re.findall(r"\{[^}]*\}", value))
     unknown = sorted(found - {"{host}", "{port}"}) if placeholders else sorted(found)
     if unknown:
         allowed = "use {host} and {port}" if placeholders else "only health.url has placeholders ({host}, {port})"
-        raise ValueError(f"{value!r} has placeholder(s) {', '.join(unknown)}: {allowed}")
+        raise ValueError(f"{shown} has placeholder(s) {', '.join(unknown)}: {allowed}")
     parsed = urlparse(value.replace("{host}", "h").replace("{port}", "1"))
     if parsed.scheme not in ("http", "https") or not parsed.hostname or any(c.isspace() for c in value):
-        raise ValueError(f"{value!r} is not an http(s) URL, e.g. http://127.0.0.1:8500")
+        raise ValueError(f"{shown} is not an http(s) URL, e.g. http://127.0.0.1:8500")
     try:
         port = parsed.port
     except ValueError:
         port = 0
     if port == 0:
-        raise ValueError(f"{value!r} has an invalid port: expected a number from 1 to 65535")
+        raise ValueError(f"{shown} has an invalid port: expected a number from 1 to 65535")
     return value
 
 
@@ -148,15 +165,15 @@ def consul_address(value: Any) -> str:
     address = normalise_address(url(normalise_address(value)))
     parsed = urlparse(address)
     # The client would drop these without a word: /v1/... is added to the address itself, and the token
-    # goes in consul.token or CONSUL_HTTP_TOKEN, never in a URL (it would be logged with it).
+    # goes in CONSUL_HTTP_TOKEN, never in a URL (it would be logged with it).
     if parsed.username is not None:  # not echoed: it may hold a password
         raise ValueError(
             "has a user (and password) in it: give only the agent's scheme, host and port; "
-            "the token goes in consul.token or CONSUL_HTTP_TOKEN"
+            "the ACL token goes in the environment's CONSUL_HTTP_TOKEN"
         )
     if parsed.path or parsed.query or parsed.fragment:
         raise ValueError(
-            f"{value!r} has a path or a query: give only the agent's scheme, host and port, "
+            f"{without_credentials(value)!r} has a path or a query: give only the agent's scheme, host and port, "
             "e.g. http://127.0.0.1:8500 (the bot adds /v1/...)"
         )
     return address
@@ -221,7 +238,9 @@ Network = Annotated[
     AfterValidator(_ipv4_network),
     explained("{got} is not an IPv4 network such as 10.0.0.0/8"),
 ]
-Networks = Annotated[list[Network], a_list("expected a list of CIDRs, e.g. [10.0.0.0/8]")]
+Networks = Annotated[
+    list[Network], a_list("expected a list of CIDRs, e.g. [10.0.0.0/8] (leave it out for any network)")
+]
 
 
 def _not_reserved(name: str) -> str:
@@ -232,11 +251,13 @@ def _not_reserved(name: str) -> str:
     return name
 
 
+APP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 AppName = Annotated[
     str,
-    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+    StringConstraints(pattern=APP_NAME_PATTERN),
     explained("an app name is letters, digits, '.', '_' or '-' (it is typed in commands)"),
     AfterValidator(_not_reserved),
+    WithJsonSchema({"type": "string", "pattern": APP_NAME_PATTERN, "not": {"enum": list(RESERVED_APP_NAMES)}}),
 ]
 StepName = Annotated[
     str,
@@ -251,13 +272,39 @@ HeaderName = Annotated[
 ]
 
 
+# A KV folder's name. Not `.` or `..`: the Consul client's HTTP library resolves those, so that
+# `upstreams/../` would read /v1/kv/ itself.
+_FOLDER = r"(?!\.{1,2}(/|$))[A-Za-z0-9._-]+"
+FOLDER_NAMES = "letters, digits, '.', '_' or '-' (not '.' or '..')"
+
+
+def _a_folder_name(name: str) -> bool:
+    return re.fullmatch(_FOLDER, name) is not None
+
+
 def _one_folder(name: str) -> str:
-    if "/" in name:
-        raise ValueError(f"{name!r}: the upstream is one folder name, without '/'")
+    if not _a_folder_name(name):
+        raise ValueError(f"{name!r} is not a folder name: {FOLDER_NAMES}; the upstream is one folder, without '/'")
     return name
 
 
-Upstream = Annotated[Text, AfterValidator(_one_folder)]
+def _kv_folder(prefix: str) -> str:
+    """`prefix` without the slashes around it (as before: `/upstreams/` is `upstreams`)."""
+    folder = prefix.strip("/")
+    if not all(_a_folder_name(name) for name in folder.split("/")):
+        raise ValueError(
+            f"{prefix!r} is not a KV folder: names of {FOLDER_NAMES}, separated by '/' (none empty), "
+            "e.g. upstreams or nginx/upstreams"
+        )
+    return folder
+
+
+Upstream = Annotated[Text, AfterValidator(_one_folder), WithJsonSchema({"type": "string", "pattern": f"^{_FOLDER}$"})]
+Prefix = Annotated[
+    Text,
+    AfterValidator(_kv_folder),
+    WithJsonSchema({"type": "string", "pattern": f"^/*{_FOLDER}(/{_FOLDER})*/*$", "examples": ["upstreams"]}),
+]
 
 
 def _a_regular_expression(pattern: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -9,17 +10,28 @@ _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
 def parse_duration(value: object) -> float:
-    """Seconds, or ValueError with a message that shows the accepted form."""
+    """Seconds (finite: YAML's .inf and .nan are refused), or ValueError with a message that shows the
+    accepted form."""
+    not_a_duration = ValueError(f"{value!r} is not a duration (use e.g. 500ms, 10s, 2m, 1h)")
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 10s, 2m, 1h)")
+        raise not_a_duration
     if isinstance(value, int | float):
-        if value < 0:
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range
+            raise not_a_duration from None
+        if not math.isfinite(seconds):
+            raise not_a_duration
+        if seconds < 0:
             raise ValueError(f"{value!r} is negative; a duration is 0 or more")
-        return float(value)
+        return seconds
     match = _PATTERN.match(str(value))
     if not match:
-        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 10s, 2m, 1h)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        raise not_a_duration
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not math.isfinite(seconds):  # digits past float's range
+        raise not_a_duration
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

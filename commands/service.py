@@ -47,6 +47,7 @@ from commands.plans import (
     serving_after,
 )
 from commands.probing import probe_nodes
+from commands.quoting import without_credentials
 from commands.release_engine import node_summary
 from commands.release_plan import ReleasePlan
 from commands.release_state import Phase, ReleaseState, Status
@@ -914,8 +915,9 @@ class CommandService:
                     if plan.action == "undrain"
                     else "fix the server and try again"
                 )
+                done = "undrained" if plan.action == "undrain" else "added"
                 return (
-                    f"Not {'undrained' if plan.action == 'undrain' else 'added'}: the probe of {url} "
+                    f"Not {done}: the probe of {without_credentials(url)} "
                     f"failed ({quoted(result.detail)}). Nothing was changed; {hint}."
                 )
         return None

@@ -130,6 +130,45 @@ def test_a_consul_address_with_credentials_is_refused_without_echoing_them() -> 
         parse_config(raw, {})
     (problem,) = [p for p in error.value.problems if p.startswith("consul.addresses[0]:")]
     assert "CONSUL_HTTP_TOKEN" in problem and "s3cret-pass" not in problem
+    assert "consul.token" not in problem  # there is no such key: the token comes from the environment only
+
+
+# (where a URL with a password goes, a URL that is wrong for another reason too)
+URLS_WITH_A_PASSWORD = [
+    ("consul.addresses[0]", "http://ops:s3cret@127.0.0.1:85000"),
+    ("consul.addresses[0]", "http://ops:s3cret@127.0.0.1:8500/v1"),
+    ("apps.app.nginx.status_url", "http://ops:s3cret@127.0.0.1:0/status"),
+    ("apps.app.nginx.list_url", "ftp://ops:s3cret@127.0.0.1/list"),
+    ("apps.app.nginx.list_url", "http://ops:s3/cr?e#t@127.0.0.1:99999/list"),  # unescaped '/', '?', '#' in it
+    ("apps.app.health.url", "http://ops:s3cret@{host}:{port}/{path}"),
+]
+
+
+@pytest.mark.parametrize(("key", "address"), URLS_WITH_A_PASSWORD)
+def test_a_password_in_a_url_is_never_echoed(key: str, address: str) -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    where = {"consul.addresses[0]": raw["consul"], "apps.app.health.url": raw["apps"]["app"]["health"]}
+    section, name = where.get(key, raw["apps"]["app"]["nginx"]), key.rsplit(".", 1)[1]
+    section["addresses" if name == "addresses[0]" else name] = [address] if name == "addresses[0]" else address
+    env = {"CONSUL_HTTP_ADDR": address} if key.startswith("consul") else {}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, env)
+    problems = error.value.problems
+    assert any(p.startswith(f"{key}:") for p in problems), problems
+    assert env == {} or any(p.startswith("CONSUL_HTTP_ADDR (environment):") for p in problems), problems
+    assert all("s3" not in p and "ops" not in p for p in problems), problems
+    assert all("***@" in p or "@" not in p for p in problems), problems
+
+
+def test_a_url_is_shown_without_its_user_and_password() -> None:
+    from commands.quoting import without_credentials
+
+    assert without_credentials("http://ops:pw@h:1/x") == "http://***@h:1/x"
+    assert without_credentials("http://ops:p/w?#@h:1") == "http://***@h:1"  # an unescaped password
+    assert without_credentials("ops:pw@h:1") == "***@h:1"
+    assert without_credentials("http://h:1/x") == "http://h:1/x"
+    # Up to the last '@': a URL with an '@' in its path or query loses more of itself, never a password.
+    assert without_credentials("http://h/x?mail=a@b") == "http://***@b"
 
 
 def test_ipv6_and_bare_consul_addresses_are_taken_and_reach_the_agent() -> None:
@@ -160,11 +199,35 @@ def test_run_with_a_bad_consul_address_says_so_and_exits_2(tmp_path: object) -> 
     config.write_text("apps:\n  app: {}\n")
     env = {**os.environ, "UPSTREAM_BOT_CONFIG": str(config), "CONSUL_HTTP_ADDR": "http://127.0.0.1:99999"}
     done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run", "/upstream status app"], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "bot.cli", "run", "/upstream status app"],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "CONSUL_HTTP_ADDR" in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_with_a_consul_timeout_of_0_says_so_and_exits_2(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(str(tmp_path)) / "upstream-bot.yml"
+    config.write_text("consul: {timeout: 0}\napps:\n  app: {}\n")
+    env = {**os.environ, "UPSTREAM_BOT_CONFIG": str(config)}
+    env.pop("CONSUL_HTTP_ADDR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run", "/upstream status app"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "consul.timeout: must be more than 0" in done.stdout + done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("address", ["http://127.0.0.1:{port}", "http://{host}:8500"])
@@ -218,7 +281,10 @@ def test_steps_keep_their_form_and_timeouts() -> None:
 APP_PROBLEMS = [
     ({"helth": {}}, "helth: unknown key (known here: upstream, operators, approvers, approval, networks,"),
     ({"health": "fast"}, "health: expected a mapping with keys url, interval, timeout, window, rise, source,"),
-    ({"upstream": "a/b"}, "upstream: 'a/b': the upstream is one folder name, without '/'"),
+    ({"upstream": "a/b"}, "upstream: 'a/b' is not a folder name: letters, digits, '.', '_' or '-'"),
+    ({"upstream": ".."}, "upstream: '..' is not a folder name: letters, digits, '.', '_' or '-' (not '.' or '..')"),
+    ({"upstream": "."}, "upstream: '.' is not a folder name"),
+    ({"upstream": "app prod"}, "upstream: 'app prod' is not a folder name"),
     ({"upstream": " "}, "upstream: expected a non-empty string, got ' '"),
     ({"approval": "yes"}, "approval: expected one of required, none, got 'yes'"),
     ({"approvers": [], "approval": "required"}, "approval: is 'required' but the app has no approvers"),
@@ -226,14 +292,24 @@ APP_PROBLEMS = [
     ({"operators": ["alice"]}, "operators[0]: 'alice' is not a Slack user ID (U..., W...) or user-group ID"),
     ({"networks": ["10.0.0.0/8", "10.0.0.0/33"]}, "networks[1]: '10.0.0.0/33' is not an IPv4 network"),
     ({"networks": "10.0.0.0/8"}, "networks: expected a list of CIDRs, e.g. [10.0.0.0/8]"),
+    ({"networks": ""}, "networks: expected a list of CIDRs, e.g. [10.0.0.0/8] (leave it out for any network)"),
+    ({"networks": {}}, "networks: expected a list of CIDRs"),
+    ({"networks": 0}, "networks: expected a list of CIDRs"),
     ({"nginx": {"status_url": "ftp://x"}}, "nginx.status_url: 'ftp://x' is not an http(s) URL"),
     ({"nginx": {"list_url": "http://x:0/"}}, "nginx.list_url: 'http://x:0/' has an invalid port"),
     ({"health": {"rise": 0}}, "health.rise: expected a whole number from 1 to 100, got 0"),
     ({"health": {"rise": "2"}}, "health.rise: expected a whole number from 1 to 100, got '2'"),
     ({"health": {"rise": True}}, "health.rise: expected a whole number from 1 to 100, got True"),
     ({"health": {"interval": 0}}, "health.interval: must be more than 0"),
-    ({"health": {"interval": "5s", "timeout": "6s"}}, "health.timeout: is longer than health.interval"),
-    ({"health": {"interval": "5s", "window": "1s"}}, "health.window: is shorter than health.interval"),
+    ({"health": {"interval": "5s", "timeout": "6s"}}, "health.timeout: is 6s, longer than health.interval (5s)"),
+    ({"health": {"interval": "5s", "window": "1s"}}, "health.window: is 1s, shorter than health.interval (5s)"),
+    # a rule holds for a key left at its default, too (timeout 3s, window 2m)
+    ({"health": {"interval": "1s"}}, "health.timeout: is 3s, longer than health.interval (1s): probes would overlap"),
+    ({"health": {"url": "http://{host}:{port}/ping", "interval": "5m"}}, "health.window: is 120s, shorter than"),
+    ({"health": {"timeout": 0}}, "health.timeout: must be more than 0"),
+    ({"health": {"timeout": float("nan")}}, "health.timeout: nan is not a duration"),
+    ({"health": {"window": 0}}, "health.window: must be more than 0"),
+    ({"health": {"interval": float("inf")}}, "health.interval: inf is not a duration"),
     ({"health": {"source": "x"}}, "health.source: expected one of probe, nginx, both, got 'x'"),
     ({"health": {"source": "probe"}}, "health.source: is probe, but health.url is not set"),
     ({"nginx": {}, "health": {"source": "nginx"}}, "health.source: is nginx, but nginx.status_url is not set"),
@@ -247,6 +323,11 @@ APP_PROBLEMS = [
     ({"release": {"steps": {"stop": {"timeout": "1s"}}}}, "release.steps.stop.run: missing: the shell command"),
     ({"release": {"steps": {"stop": {"run": "x", "tiemout": 1}}}}, "release.steps.stop.tiemout: unknown key"),
     ({"release": {"version_pattern": "(["}}, "release.version_pattern: not a regular expression:"),
+    ({"release": {"step_timeout": 0}}, "release.step_timeout: must be more than 0"),
+    ({"nginx": {"upsync_interval": -1}}, "nginx.upsync_interval: -1 is negative; a duration is 0 or more"),
+    ({"release": {"steps": {"stop": {"run": "x", "timeout": "0s"}}}}, "release.steps.stop.timeout: must be more than"),
+    ({"watch": {"reminder": 0}}, "watch.reminder: must be more than 0"),
+    ({"watch": {"drained_reminder": "0ms"}}, "watch.drained_reminder: must be more than 0"),
     ({"watch": {"enabled": "yes"}}, "watch.enabled: expected true or false, got 'yes'"),
     ({"watch": {"reminder": "1d"}}, "watch.reminder: '1d' is not a duration (use e.g. 500ms, 10s, 2m, 1h)"),
     ({"watch": {"concurrency": 0}}, "watch.concurrency: expected a whole number from 1 to 1000, got 0"),
@@ -269,7 +350,19 @@ SECTION_PROBLEMS = [
     ({"consul": "x"}, "consul: expected a mapping with keys addresses, prefix, timeout, session_ttl"),
     ({"consul": {"addresses": []}}, "consul.addresses: expected a list of addresses, e.g. [http://127.0.0.1:8500]"),
     ({"consul": {"addresses": [8500]}}, "consul.addresses[0]: expected an address such as http://127.0.0.1:8500"),
-    ({"consul": {"timeout": -1}}, "consul.timeout: -1 is negative; a duration is 0 or more"),
+    ({"consul": {"timeout": -1}}, "consul.timeout: must be more than 0, got -1"),
+    ({"consul": {"timeout": 0}}, "consul.timeout: must be more than 0"),
+    ({"consul": {"timeout": float("inf")}}, "consul.timeout: inf is not a duration"),
+    ({"consul": {"timeout": float("nan")}}, "consul.timeout: nan is not a duration"),
+    ({"consul": {"timeout": "9" * 400}}, "consul.timeout: '999"),
+    ({"ssh": {"connect_timeout": 0}}, "ssh.connect_timeout: must be more than 0"),
+    ({"agent": {"connect_timeout": "0s"}}, "agent.connect_timeout: must be more than 0"),
+    ({"consul": {"prefix": ".."}}, "consul.prefix: '..' is not a KV folder: names of letters, digits, '.', '_' or '-'"),
+    ({"consul": {"prefix": "upstreams/../x"}}, "consul.prefix: 'upstreams/../x' is not a KV folder"),
+    ({"consul": {"prefix": "./upstreams"}}, "consul.prefix: './upstreams' is not a KV folder"),
+    ({"consul": {"prefix": "nginx//upstreams"}}, "consul.prefix: 'nginx//upstreams' is not a KV folder"),
+    ({"consul": {"prefix": "/"}}, "consul.prefix: '/' is not a KV folder"),
+    ({"consul": {"prefix": "my upstreams"}}, "consul.prefix: 'my upstreams' is not a KV folder"),
     ({"slack": {"channels": []}}, "slack.channels: expected a list of Slack channel IDs such as [C0DEPLOY]"),
     ({"slack": {"channels": ["C0OK", "general"]}}, "slack.channels[1]: 'general' is not a Slack channel ID"),
     ({"history": {"keep": 5}}, "history.keep: expected a whole number from 10 to 1000000, got 5"),
@@ -278,6 +371,7 @@ SECTION_PROBLEMS = [
     ({"ssh": {"hosts": {"10.0.0.5": {"usr": "app"}}}}, "ssh.hosts.10.0.0.5.usr: unknown key (known here: user, port"),
     ({"agent": {"scheme": "ftp"}}, "agent.scheme: expected one of http, https, got 'ftp'"),
     ({"apps": ["app"]}, "apps: expected a mapping of app name to its settings"),
+    ({"apps": 0}, "apps: expected a mapping of app name to its settings"),
     ({"apps": {"my app": {}}}, "apps.my app: an app name is letters, digits, '.', '_' or '-'"),
 ]
 
@@ -330,4 +424,96 @@ def test_every_key_in_the_schema_has_a_description() -> None:
     for name, section in [("top", schema), *schema["definitions"].items()]:
         assert section.get("description"), name
         for key, spec in section["properties"].items():
-            assert spec.get("description") or "$ref" in spec, f"{name}.{key}"
+            assert spec.get("description"), f"{name}.{key}"  # a section's, too: beside its $ref, inside anyOf
+
+
+def test_a_rule_on_a_key_left_at_its_default_is_reported_beside_the_other_problems() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["apps"]["app"]["health"] = {"interval": "1s", "rise": 0, "source": "x"}
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    assert [p.split(":")[0] for p in error.value.problems] == [
+        "apps.app.health.timeout",
+        "apps.app.health.rise",
+        "apps.app.health.source",
+    ]
+
+
+def test_the_defaults_themselves_keep_the_rules() -> None:
+    health = parse_config({"apps": {"app": {"health": {"interval": "3s"}}}}, {}).apps["app"].health
+    assert (health.interval, health.timeout, health.window) == (3.0, 3.0, 120.0)
+    health = parse_config({"apps": {"app": {"health": {"interval": "2m"}}}}, {}).apps["app"].health
+    assert health.window == 120.0
+
+
+def test_a_duration_is_finite() -> None:
+    from bot.durations import parse_duration
+
+    for value in (float("inf"), float("-inf"), float("nan"), "9" * 400):
+        with pytest.raises(ValueError, match="is not a duration"):
+            parse_duration(value)
+    assert parse_duration(0) == 0.0 and parse_duration("1.5m") == 90.0
+
+
+def test_0_is_taken_where_it_means_no_wait() -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["apps"]["app"]["release"]["drain_wait"] = 0
+    raw["apps"]["app"]["nginx"]["upsync_interval"] = "0s"
+    app = parse_config(raw, {}).apps["app"]
+    assert (app.release.drain_wait, app.nginx.upsync_interval) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "read"), [("upstreams/prod", "upstreams/prod"), ("/upstreams/", "upstreams"), ("nginx.v2_a-b", None)]
+)
+def test_a_prefix_is_a_kv_folder_path(prefix: str, read: str | None) -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["consul"]["prefix"] = prefix
+    assert parse_config(raw, {}).consul.prefix == (read or prefix)
+
+
+@pytest.mark.parametrize("upstream", ["app-prod", "app.v2", "_app", "..app", "a.."])
+def test_an_upstream_is_a_folder_name(upstream: str) -> None:
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["apps"]["app"]["upstream"] = upstream
+    assert parse_config(raw, {}).apps["app"].upstream == upstream
+
+
+@pytest.mark.parametrize("apps", [None, {}, [], ""])
+def test_a_file_without_apps_loads_and_check_config_says_so(apps: object) -> None:
+    from bot.config import environment_problems
+
+    config = parse_config({"apps": apps}, {})
+    assert config.apps == {}
+    _, notes = environment_problems(config, {})
+    assert any(n.startswith("apps: none") for n in notes), notes
+    _, notes = environment_problems(parse_config({"apps": {"app": {}}}, {}), {})
+    assert not any(n.startswith("apps: none") for n in notes), notes
+
+
+def test_a_durations_schema_says_what_it_takes() -> None:
+    import re
+
+    from bot.config import config_schema
+    from bot.durations import parse_duration
+
+    definitions = config_schema()["definitions"]
+
+    def branches(key: str) -> tuple[dict, dict]:
+        section, name = key.split(".")
+        spec = definitions[section]["properties"][name]
+        found = [b for alt in spec["anyOf"] for b in alt.get("anyOf", [alt])]
+        return next(b for b in found if b.get("type") == "string"), next(b for b in found if b.get("type") == "number")
+
+    positive = ["Consul.timeout", "Ssh.connect_timeout", "Agent.connect_timeout", "Health.interval", "Health.timeout"]
+    positive += ["Health.window", "Release.step_timeout", "Step.timeout", "Watch.reminder", "Watch.drained_reminder"]
+    for key in positive:
+        text, number = branches(key)
+        assert number.get("exclusiveMinimum") == 0 and "minimum" not in number, key
+        for sample in ("0", "0s", " 0.00 ms", "00h", "1", "0.5s", "10ms", "0.01h", "100"):
+            assert bool(re.search(text["pattern"], sample)) == (parse_duration(sample) > 0), (key, sample)
+    for key in ("Nginx.upsync_interval", "Release.drain_wait"):
+        text, number = branches(key)
+        assert number.get("minimum") == 0 and re.search(text["pattern"], "0s"), key
+    text, number = branches("Consul.session_ttl")
+    assert (number["minimum"], number["maximum"]) == (10, 86400)

@@ -1,6 +1,6 @@
-"""Ctrl-C and SIGTERM during `upstream-bot run "/release ..."` and the demo, as a user sends them: the
-CLI is a real process, the nodes are sample services that the release really stops and starts, and
-Consul (the stand-in) is read over HTTP to see what was really left drained."""
+"""Ctrl-C, SIGTERM and SIGHUP during `upstream-bot run "/release ..."` and the demo, as a user (or a closing
+terminal) sends them: the CLI is a real process, the nodes are sample services that the release really
+stops and starts, and Consul (the stand-in) is read over HTTP to see what was really left drained."""
 
 from __future__ import annotations
 
@@ -151,20 +151,26 @@ def the_drained_node(nodes: Nodes) -> str:
     return down[0]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup twice"]
+)
 def test_one_signal_during_a_step_aborts_the_release_and_puts_the_node_back(nodes: Nodes, sig: signal.Signals) -> None:
     deploy = marker_sleep(3)
     cli = run_release(nodes, nodes.config(deploy))
     wait_until(lambda: processes_matching(deploy), 30, "the deploy step running")
     node = the_drained_node(nodes)
     cli.signal(sig)
+    if sig is signal.SIGHUP:  # a closing terminal may send it twice (to the shell, which sends it on): one
+        cli.wait_output("aborting (SIGHUP)")
+        cli.signal(sig)
     code = cli.wait(60)
     out = cli.output
     print(out)
-    name = "Ctrl-C" if sig is signal.SIGINT else "SIGTERM"
+    name = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}[sig]
+    again = "sigterm stops it at once" if sig is signal.SIGHUP else "press ctrl-c again"
     assert code == EXIT_INTERRUPTED
-    assert "Traceback" not in out
-    assert f"aborting ({name})" in out and "press ctrl-c again" in out.lower()
+    assert "Traceback" not in out and "stopping at once" not in out
+    assert f"aborting ({name})" in out and again in out.lower()
     assert f"({name})" in out.split(f"aborting ({name})", 1)[1]  # the release says who aborted it, and how
     # The deploy step ran to its end (the abort stops before the NEXT step); the node was started
     # again, probed and put back: nothing drained in Consul, the node answers, no step left running.
@@ -328,3 +334,32 @@ def test_a_bot_killed_mid_release_leaves_no_worse_and_another_process_resumes_it
             assert httpx.get(f"http://{address}/ping", timeout=2, trust_env=False).status_code == 200
     finally:
         gate.touch()  # the dead bot's step, orphaned on the node, ends
+
+
+def test_run_on_a_terminal_that_is_closed_aborts_the_release_and_logs_what_is_left(nodes: Nodes) -> None:
+    from tests.test_terminal_prompt import Terminal
+
+    deploy = marker_sleep(3)
+    config = nodes.config(deploy)
+    env = {"UPSTREAM_BOT_CONFIG": str(config), "CONSUL_HTTP_ADDR": nodes.consul.url}
+    log = nodes.folder / "run.log"  # `upstream-bot run ... 2>run.log`: what is left once the terminal is gone
+    with log.open("w") as stderr:
+        term = Terminal([*BIN, "run", "/release app --version 2", "--yes"], stderr=stderr, env=env)
+    try:
+        wait_until(lambda: processes_matching(deploy), 30, "the deploy step running")
+        node = the_drained_node(nodes)
+        term.hang_up()  # the window is closed, ssh dropped: SIGHUP, and the terminal's writes fail (EIO)
+        code = term.process.wait(60)
+    finally:
+        if term.process.poll() is None:
+            term.process.kill()
+        term.close()
+    out = log.read_text()
+    print(out)
+    assert code == EXIT_INTERRUPTED
+    assert "Traceback" not in out and "Logging error" not in out and "stopping at once" not in out
+    assert "the output is gone (the terminal hung up)" in out
+    assert "aborting (SIGHUP)" in out and "aborted by" in out
+    assert re.search(r"Release app 2 \([^)]*\): nothing is left drained", out)
+    assert drained(nodes.consul.url) == {a: 0 for a in nodes.addresses}  # really put back, in Consul
+    assert httpx.get(f"http://{node}/ping", timeout=2, trust_env=False).status_code == 200

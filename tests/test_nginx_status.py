@@ -48,3 +48,24 @@ def test_a_server_nginx_has_not_checked_yet_is_unchecked_not_up() -> None:
     }
     text = "0,app,127.0.0.1:9000,up,0,0,http,0\n1,app,127.0.0.1:9001,down,0,1,http,0\n"
     assert parse_check_status_csv(text, "app") == {"127.0.0.1:9000": "unchecked", "127.0.0.1:9001": "down"}
+
+
+async def test_an_unreadable_nginx_page_is_reported_without_the_password_in_its_url() -> None:
+    """A status page behind basic auth: the password is in the URL; it must not reach chat or the log."""
+    import httpx
+
+    from bot.nginx.status import HttpNginxReader
+    from bot.processes import free_port
+    from commands.settings import AppSettings, HealthSettings, NginxSettings
+
+    port = free_port()  # nothing listens: the read fails
+    nginx = NginxSettings(
+        status_url=f"http://ops:s3cret@127.0.0.1:{port}/upstream_status?format=json",
+        list_url=f"http://ops:s3cret@127.0.0.1:{port}/upstream_list",
+    )
+    apps = {"app": AppSettings("app", "app", nginx, HealthSettings())}
+    async with httpx.AsyncClient(trust_env=False) as client:
+        view = await HttpNginxReader(apps, client, timeout=2).read("app")
+    assert len(view.errors) == 2 and all("unreadable" in e for e in view.errors), view.errors
+    assert not any("s3cret" in e for e in view.errors)
+    assert f"http://***@127.0.0.1:{port}/upstream_list" in view.errors[1]

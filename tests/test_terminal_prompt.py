@@ -3,8 +3,8 @@
 First in process, with a scripted person at the prompt: who gets which line while a release runs in the
 background (a question and a typed command never take each other's line), Ctrl-C and leaving. Then
 `upstream-bot demo` itself on a real pseudo-terminal, read through a small VT100 screen: line editing,
-history, Ctrl-L, a 5,000-character line, output drawn above the prompt, and a release in the background
-answering `/release status app` before it ends."""
+history, Ctrl-L, a 5,000-character line, output drawn above the prompt, a release in the background
+answering `/release status app` before it ends, and the terminal closed under a running release."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import os
 import re
+import select
 import signal
 import struct
 import subprocess
@@ -21,13 +22,14 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.processes import port_free
-from bot.terminal.frontend import PROMPT_FORM
-from bot.terminal.interactive import COMMAND_PROMPT, InteractiveFrontEnd
+from bot.terminal.frontend import CANCEL_GRACE, PROMPT_FORM
+from bot.terminal.interactive import COMMAND_PROMPT, HANG_UP_WAIT, InteractiveFrontEnd
 from bot.terminal.prompt import CtrlC, CtrlD, Withdrawn
 from commands.addresses import ServerAddress
 from commands.events import AbortRequested, DecisionNeeded, Notice, ReleaseFinished, ReleaseUpdate
@@ -311,7 +313,11 @@ async def test_ctrl_c_aborts_a_background_release_and_a_second_leaves_listing_wh
     await until(lambda: person.said("aborting (Ctrl-C)"), 5, "the first Ctrl-C")
     assert service.releases.active["app"].aborted_by == "local:test (Ctrl-C)"
     await person.at(COMMAND_PROMPT)
-    person.press(CtrlC("/upstream status app"))  # with text typed too: a release runs
+    person.press(CtrlC("/upstream status app"))  # with text typed: the line is cleared, nothing else
+    await until(lambda: person.said("(line cleared; Ctrl-C on an empty prompt stops everything"), 5, "a hint")
+    await person.at(COMMAND_PROMPT)
+    assert not repl.done()
+    person.press(CtrlC())
     assert await asyncio.wait_for(repl, 15) is False
     out = "\n".join(person.printed)
     assert "Ctrl-C: stopping at once" in out
@@ -353,6 +359,102 @@ async def test_ctrl_c_with_nothing_running_clears_the_line_then_leaves(demo: Any
     assert not repl.done()
     person.press(CtrlC())
     assert await asyncio.wait_for(repl, 5) is True
+
+
+async def test_ctrl_c_with_text_typed_clears_the_line_and_aborts_nothing(demo: Any) -> None:
+    person, service, _front, repl = demo
+    await started(person)
+    person.type("/upstream sta")
+    service.ask_decision()
+    await until(lambda: person.said("a question waits"), 5, "told to enter or clear the line")
+    person.press(CtrlC("/upstream sta"))  # clear the line, as in a shell, so that the question shows
+    await person.at("[app 127.0.0.1:9001]")
+    assert person.said("(line cleared; Ctrl-C on an empty prompt aborts the running release)")
+    person.type("ret")
+    person.press(CtrlC("ret"))  # at the release's question too: cleared, and the question is asked again
+    await person.at("[app 127.0.0.1:9001]")
+    await asyncio.sleep(0.1)
+    assert service.releases.active["app"].aborted_by is None and not person.said("aborting")
+    assert service.decided == [] and not repl.done()
+    person.enter("retry")
+    await until(lambda: service.decided == ["retry"], 5, "the decision")
+
+
+@pytest.mark.parametrize("release", [True, False], ids=["release running", "no release"])
+@pytest.mark.parametrize("typed", ["", "y"], ids=["empty", "typed"])
+async def test_ctrl_c_at_a_commands_confirmation_is_no(demo: Any, release: bool, typed: str) -> None:
+    person, service, front, repl = demo
+    if release:
+        await started(person)
+    person.enter("/release abort app")  # any command that asks Confirm? (a /drain in the real demo)
+    await person.at("Confirm? [y/N] ")
+    person.type(typed)
+    person.press(CtrlC(typed))  # "no"
+    await until(lambda: person.said("Cancelled; nothing was changed."), 5, "the command cancelled")
+    assert person.said("(Ctrl-C: no)")
+    await person.at(COMMAND_PROMPT)  # the question is gone: the next Ctrl-C is not a second one
+    assert "abort_release" not in service.handled and front.signals == 0
+    assert not person.said("aborting") and not person.said("stopping at once") and not repl.done()
+    if release:
+        assert service.releases.active["app"].aborted_by is None
+        service.finish.set()
+        await until(lambda: person.said("succeeded"), 5, "the release's own end")
+
+
+async def test_ctrl_c_at_the_confirmation_of_a_dangerous_answer_is_no(demo: Any) -> None:
+    person, service, _front, repl = demo
+    await started(person)
+    service.ask_decision("restore_failed")
+    await person.at("[app 127.0.0.1:9001] retry | restore_unhealthy | leave? [leave] ")
+    person.enter("restore_unhealthy")
+    await person.at('Type "yes" to restore_unhealthy 127.0.0.1:9001, anything else cancels: ')
+    person.press(CtrlC())  # "anything else cancels": Ctrl-C too, and nothing more
+    await until(lambda: service.decided == ["leave"], 5, "the safe default")
+    assert person.said("(Ctrl-C: no)")
+    assert person.said("not confirmed; leave instead")
+    assert service.releases.active["app"].aborted_by is None and not person.said("aborting") and not repl.done()
+
+
+async def test_ctrl_c_at_a_release_question_aborts_the_release_and_says_so(demo: Any) -> None:
+    person, service, front, repl = demo
+    await started(person)
+    service.ask_decision()
+    await person.at("[app 127.0.0.1:9001]")
+    person.press(CtrlC())  # on the empty answer: the first signal; the abort answers the question
+    await until(lambda: person.said("Release app 2 (serial): nothing is left drained"), 5, "the abort's end")
+    assert service.state.status is Status.ABORTED and service.decided == []
+    assert person.said("aborting (Ctrl-C): the release of app stops before its next step")
+    await until(lambda: person.said("retry | restore | leave? [leave] (no longer asked)"), 5, "the question down")
+    await person.at(COMMAND_PROMPT)
+    assert front.signals == 0 and not repl.done()
+
+
+async def test_sighup_aborts_the_release_waits_for_it_and_leaves_once(demo: Any) -> None:
+    person, service, front, repl = demo
+    await started(person)
+    service.ask_decision()
+    await person.at("[app 127.0.0.1:9001]")
+    front._on_signal(signal.SIGHUP)  # the terminal was closed (its outputs are pytest's, still there)
+    front._on_signal(signal.SIGHUP)  # a closing terminal may say it twice: the same hang-up
+    assert await asyncio.wait_for(repl, 5) is True
+    assert service.state.status is Status.ABORTED and service.decided == []
+    assert person.said("SIGHUP: the terminal went away; aborting the running release(s)")
+    assert person.said("Release app 2 (serial): nothing is left drained")
+    assert not person.said("stopping at once") and person.printed[-1] == "bye"
+
+
+async def test_an_abort_that_does_not_end_after_a_hang_up_is_cancelled_and_what_it_left_listed(
+    demo: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.terminal.interactive.HANG_UP_WAIT", 0.3)
+    person, service, _front, repl = demo
+    service.abort = lambda: None  # an abort that never ends: the wait for it is bounded
+    await started(person)
+    person.press(CtrlD(closed=True))
+    assert await asyncio.wait_for(repl, 5) is True
+    out = "\n".join(person.printed)
+    assert "end of input: the abort has not ended after 0.3 s: stopping at once" in out
+    assert "127.0.0.1:9001: also left stopped; start it first, then: /undrain 127.0.0.1:9001 app" in out
 
 
 async def test_the_terminal_going_away_aborts_the_release_and_waits_for_it(demo: Any) -> None:
@@ -457,17 +559,19 @@ class Screen:
 class Terminal:
     """A process on a pseudo-terminal (its controlling terminal), what it wrote read by a thread."""
 
-    def __init__(self, args: list[str], rows: int = 50, cols: int = 160) -> None:
+    def __init__(
+        self, args: list[str], rows: int = 50, cols: int = 160, stderr: Any = None, env: dict[str, str] | None = None
+    ) -> None:
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         self.rows, self.cols = rows, cols
         # No cursor position requests (a terminal answers them; this harness does not).
-        env = {**os.environ, "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
+        env = {**os.environ, **(env or {}), "TERM": "xterm-256color", "PROMPT_TOOLKIT_NO_CPR": "1"}
         self.process = subprocess.Popen(
             args,
             stdin=slave,
             stdout=slave,
-            stderr=slave,
+            stderr=slave if stderr is None else stderr,
             env=env,
             start_new_session=True,
             # Its controlling terminal, as a person's: Ctrl-C while no prompt is shown is SIGINT.
@@ -475,13 +579,16 @@ class Terminal:
         )
         os.close(slave)
         self.master = master
+        self._closing = threading.Event()
         self._data = bytearray()
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="pty", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        while True:  # until the process closes the terminal (EIO)
+        while not self._closing.is_set():  # until the process closes the terminal (EIO), or we do
+            if not select.select([self.master], [], [], 0.1)[0]:
+                continue
             try:
                 chunk = os.read(self.master, 65536)
             except OSError:
@@ -502,6 +609,13 @@ class Terminal:
     def last_line(self) -> str:
         lines = [line for line in self.screen().text() if line]
         return lines[-1] if lines else ""
+
+    def hang_up(self) -> None:
+        """The terminal window is closed (ssh dropped): the process's terminal hangs up (SIGHUP, EIO)."""
+        if not self._closing.is_set():
+            self._closing.set()
+            self._reader.join(5)  # not in a read of it: its last reference goes now
+            os.close(self.master)
 
     def send(self, keys: str) -> None:
         data = keys.encode()
@@ -535,18 +649,17 @@ class Terminal:
         if self.process.poll() is None:
             self.process.kill()
         code = self.process.wait(10)
-        os.close(self.master)
-        self._reader.join(5)
+        self.hang_up()
         return code
 
 
 @pytest.fixture
-def terminal() -> Iterator[Callable[[], Terminal]]:
+def terminal() -> Iterator[Callable[..., Terminal]]:
     started: list[tuple[Terminal, int]] = []
 
-    def start() -> Terminal:
+    def start(stderr: Any = None) -> Terminal:
         base = next(p for p in range(19501, 19900, 10) if all(port_free(p + i) for i in range(4)))
-        term = Terminal([sys.executable, "-m", "bot.cli", "demo", "--base-port", str(base)])
+        term = Terminal([sys.executable, "-m", "bot.cli", "demo", "--base-port", str(base)], stderr=stderr)
         started.append((term, base))
         term.wait_prompt()
         return term
@@ -607,6 +720,15 @@ def test_a_release_runs_in_the_background_with_output_above_the_prompt(terminal:
     term.wait_for("Release app 2 (serial): running,")  # answered while the release runs
     assert "Release app 2 (serial): succeeded" not in term.raw
     term.wait_prompt()
+    term.send("/release abort app\r")
+    term.wait_prompt("Confirm? [y/N]")
+    term.send(CTRL_C)  # "no": the command is cancelled, the release goes on
+    term.wait_for("Cancelled; nothing was changed.")
+    term.wait_prompt()
+    term.send("/upstream st" + CTRL_C)  # clears the line, nothing else
+    term.wait_for("(line cleared; Ctrl-C on an empty prompt aborts the running release)")
+    term.wait_prompt()
+    assert "aborting" not in term.raw and "(Ctrl-C: no)" in term.raw
     term.send("exit\r")
     term.wait_for("leaving now would stop the demo")
     term.wait_prompt()
@@ -620,3 +742,29 @@ def test_a_release_runs_in_the_background_with_output_above_the_prompt(terminal:
     assert term.process.wait(30) == 0
     assert "Traceback" not in term.raw
     print(f"release aborted and demo left {time.monotonic() - started:.1f} s after the prompt came back")
+
+
+def test_closing_the_terminal_aborts_the_release_and_logs_what_is_left(
+    terminal: Callable[..., Terminal], tmp_path: Path
+) -> None:
+    # The log to a file (`upstream-bot demo 2>demo.log`): the only output left once the terminal is gone.
+    log = tmp_path / "demo.log"
+    with log.open("w") as stderr:
+        term = terminal(stderr=stderr)
+    term.send("/release app --version 2\r")
+    term.wait_prompt("Confirm? [y/N]")
+    term.send("y\r")
+    term.wait_for("runs in the background")
+    term.wait_until(lambda: re.search(r"127\.0\.0\.1:\d+: drained", term.raw), 30, "a node drained")
+    closed = time.monotonic()
+    term.hang_up()  # the window is closed: SIGHUP, and the terminal reads and writes fail from now on
+    code = term.process.wait(HANG_UP_WAIT + CANCEL_GRACE + 15)  # by itself, bounded
+    took = time.monotonic() - closed
+    out = log.read_text()
+    print(out)
+    print(f"the demo left {took:.1f} s after its terminal was closed")
+    assert code == 0 and "Traceback" not in out and "Logging error" not in out
+    assert "SIGHUP: the terminal went away; aborting the running release(s)" in out
+    assert "aborting (SIGHUP): the release of app stops before its next step" in out
+    assert "Release app 2 (serial): nothing is left drained" in out  # the node it drained was put back
+    assert out.rstrip().endswith("bye")

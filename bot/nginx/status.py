@@ -16,6 +16,7 @@ import httpx
 
 from bot.health.prober import connect_reason
 from commands.interfaces import NginxView
+from commands.quoting import hide_credentials, without_credentials
 from commands.settings import AppSettings
 
 _TRAILING_COMMA = re.compile(r",(\s*[\]}])")
@@ -128,14 +129,16 @@ class HttpNginxReader:
         if checks_task is not None:
             got = next(it)
             if isinstance(got, BaseException):
-                checks_error = f"nginx check status ({app.nginx.status_url}) unreadable: {_reason(got)}"
+                shown = without_credentials(app.nginx.status_url or "")
+                checks_error = f"nginx check status ({shown}) unreadable: {hide_credentials(_reason(got))}"
                 errors.append(checks_error)
             else:
                 checks = got
         if listed_task is not None:
             got = next(it)
             if isinstance(got, BaseException):
-                listed_error = f"nginx upstream list ({app.nginx.list_url}) unreadable: {_reason(got)}"
+                shown = without_credentials(app.nginx.list_url or "")
+                listed_error = f"nginx upstream list ({shown}) unreadable: {hide_credentials(_reason(got))}"
                 errors.append(listed_error)
             else:
                 listed = got

@@ -5,6 +5,12 @@ before its next step; a node it stopped is started and probed, and put back only
 it finish that abort; with no release running it cancels the command. The second signal cancels at
 once. Either way, what is left drained is printed with the command that puts each node back.
 
+SIGHUP (the terminal was closed, the ssh connection dropped) is a first signal too, never a second one:
+a closing terminal may send it more than once (the kernel to the session's leader, a shell to its jobs),
+and hurrying an abort nobody watches would only leave more drained. Once the terminal is gone, what would
+have been printed is logged instead (a warning each line: stderr may be a file), and the terminal's
+descriptors are pointed at /dev/null so that no later write, at exit neither, fails.
+
 This module reads lines from stdin as they come (pipes, tests, `upstream-bot run`): one command at a
 time, a release holding the prompt until it ends. On a terminal the demo's prompt is
 `bot/terminal/interactive.py` (line editing, history, a release in the background), with the same
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pwd
 import signal
@@ -45,9 +52,10 @@ from commands.release_state import NodeState, Phase, ReleaseState
 from commands.requests import ReleaseRequest
 from commands.service import CommandService, Outcome
 
+log = logging.getLogger(__name__)
 Ask = Callable[[str], Awaitable[str | None]]  # prompt -> answer, None at end of input
 
-SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 # After the second signal the cancelled command still cleans up (a step's process group gets SIGTERM,
 # SIGKILL 5 s later; the release lock is given back): wait that long at most, then report and go.
 CANCEL_GRACE = 8.0
@@ -94,8 +102,9 @@ class StdinAsk:
             return None
         if self._lines is None:
             self._lines = self._start()
-        self.out.write(prompt)
-        self.out.flush()
+        with contextlib.suppress(OSError):  # the terminal went away: the line (end of input) still comes
+            self.out.write(prompt)
+            self.out.flush()
         line = await self._lines.get()
         if line is None:
             self._eof = True
@@ -139,9 +148,34 @@ class TerminalFrontEnd:
         self.cancelled = False  # ... and cancelled rather than left to finish its abort
         self.signals = 0  # signals received during the last command
         self._interrupt = asyncio.Event()  # set by the first signal: open questions stop waiting
+        self.hung_up = False  # a SIGHUP came
+        self.output_gone = False  # the terminal (or pipe) printed to is gone: lines are logged instead
 
     def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        if self.output_gone:
+            log.warning("%s", line)
+            return
+        try:
+            print(line, file=self.out, flush=True)
+        except OSError as error:  # the terminal hung up (EIO), the pipe's reader went (EPIPE)
+            self._lose_output(f"{type(error).__name__}: {error}")
+            log.warning("%s", line)
+
+    def _lose_output(self, why: str) -> None:
+        """From now on, what is printed is logged instead; whatever is still buffered for the stream (and
+        is written at exit) goes to /dev/null rather than failing."""
+        if not self.output_gone:
+            self.output_gone = True
+            log.warning("the output is gone (%s): what would be printed is logged from here on", why)
+        with contextlib.suppress(OSError, ValueError):
+            to_devnull(self.out.fileno())
+
+    def _hang_up_outputs(self) -> None:
+        """A SIGHUP came: the terminals that are gone are silenced (see the module's doc)."""
+        gone = hung_up_outputs()
+        with contextlib.suppress(OSError, ValueError):
+            if self.out.fileno() in gone:
+                self._lose_output("the terminal hung up")
 
     async def emit(self, event: Event) -> None:
         if isinstance(event, Pending):
@@ -202,15 +236,15 @@ class TerminalFrontEnd:
     async def _dangerous_confirmed(self, event: DecisionNeeded, option: str) -> bool:
         self._print(f"{option}: {option_label(option)}")
         answer = await self._ask_unless_interrupted(
-            f'Type "yes" to {option} {event.node or "the node"}, anything else cancels: '
+            f'Type "yes" to {option} {event.node or "the node"}, anything else cancels: ', confirmation=True
         )
         return not self._interrupt.is_set() and answer == "yes"
 
-    async def _ask_unless_interrupted(self, prompt: str) -> str | None:
+    async def _ask_unless_interrupted(self, prompt: str, confirmation: bool = False) -> str | None:
         """The answer, or None as soon as a signal interrupts the question."""
         if self._interrupt.is_set():
             return None
-        question = asyncio.ensure_future(self._ask_release(prompt))
+        question = asyncio.ensure_future(self._ask_release(prompt, confirmation))
         interrupted = asyncio.ensure_future(self._interrupt.wait())
         try:
             await asyncio.wait({question, interrupted}, return_when=asyncio.FIRST_COMPLETED)
@@ -221,9 +255,10 @@ class TerminalFrontEnd:
                 self._end_prompt_line()
         return question.result() if question.done() and not question.cancelled() else None
 
-    async def _ask_release(self, prompt: str) -> str | None:
-        """A question a running release asks (a decision). Here the same as any other; the interactive
-        prompt puts it after the questions of the command being typed."""
+    async def _ask_release(self, prompt: str, confirmation: bool = False) -> str | None:
+        """A question a running release asks (a decision, or the confirmation of a dangerous answer). Here
+        the same as any other; the interactive prompt puts it after the questions of the command being
+        typed (and takes Ctrl-C at a confirmation as "no")."""
         return await self.ask(prompt)
 
     def _end_prompt_line(self) -> None:
@@ -260,9 +295,7 @@ class TerminalFrontEnd:
                 )
         return outcome
 
-    async def _confirmed(
-        self, pending: Pending
-    ) -> bool:
+    async def _confirmed(self, pending: Pending) -> bool:
         if self.assume_yes:
             stage = getattr(pending, "stage", 1)
             self._print(f"confirmed by --yes ({'second ' if stage > 1 else ''}confirmation)")
@@ -277,7 +310,7 @@ class TerminalFrontEnd:
         return answer.lower() in ("y", "yes")
 
     async def run_interruptible(self, line: str) -> Outcome | None:
-        """`run_line` with Ctrl-C and SIGTERM handled as the module says. None when it was cancelled;
+        """`run_line` with Ctrl-C, SIGTERM and SIGHUP handled as the module says. None when it was cancelled;
         `interrupted` says whether a signal came."""
         loop = asyncio.get_running_loop()
         self.release_state, self.interrupted, self.cancelled, self.signals = None, None, False, 0
@@ -286,8 +319,15 @@ class TerminalFrontEnd:
         task = asyncio.ensure_future(self.run_line(line))
 
         def on_signal(sig: signal.Signals) -> None:
-            self.signals += 1
             name = SIGNAL_NAMES.get(sig, sig.name)
+            if sig == signal.SIGHUP:
+                first_hang_up = not self.hung_up
+                self.hung_up = True
+                self._hang_up_outputs()
+                if not first_hang_up or self.signals:  # see the module's doc: never a second signal
+                    log.info("SIGHUP: %s", "already handled" if not first_hang_up else "an abort is under way")
+                    return
+            self.signals += 1
             self.interrupted = self.interrupted or name
             self._interrupt.set()
             if self.signals == 1 and self._abort_releases(name):
@@ -339,10 +379,10 @@ class TerminalFrontEnd:
         if not engines:
             return False
         apps = ", ".join(sorted(e.plan.app for e in engines))
+        again = "SIGTERM stops it at once" if self.hung_up else "Press Ctrl-C again to exit at once"
         self._print(
             f"aborting ({name}): the release of {apps} stops before its next step; a node it stopped is "
-            "started and probed, and put back only if healthy. Press Ctrl-C again to exit at once "
-            "(what is left drained will be listed)."
+            f"started and probed, and put back only if healthy. {again} (what is left drained will be listed)."
         )
         return True
 
@@ -402,9 +442,33 @@ class TerminalFrontEnd:
                 return False
 
 
+def to_devnull(fd: int) -> None:
+    """Point the file descriptor at /dev/null."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def hung_up_outputs() -> set[int]:
+    """Standard output and error, those of the two whose terminal has hung up: each now points at /dev/null.
+    An empty write to a hung-up terminal fails (EIO); to a live one, a file or a pipe it writes nothing."""
+    gone = set()
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            with contextlib.suppress(OSError):
+                to_devnull(fd)
+            gone.add(fd)
+    return gone
+
+
 @contextlib.contextmanager
 def signals_handled(loop: asyncio.AbstractEventLoop, handler: Callable[[signal.Signals], None]) -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM go to `handler` inside the block; the handlers before are put back."""
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP go to `handler` inside the block; the handlers before are put
+    back."""
     previous = {sig: signal.getsignal(sig) for sig in SIGNAL_NAMES}
     for sig in SIGNAL_NAMES:
         loop.add_signal_handler(sig, handler, sig)

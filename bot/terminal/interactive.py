@@ -13,27 +13,40 @@ typed at, never to another:
 - At a release's question a line starting with `/` is a command, not an answer (answers are words, and
   abort is never one of them): `/release abort app` is typed there; the question is asked again after it.
 
-Ctrl-C and SIGTERM keep frontend.py's meaning, wherever they come (Ctrl-C at the prompt is a key, not a
-signal, while the prompt waits): the first aborts every running release, in the background or not, and
-lets it finish that abort (with none running, it cancels the command in progress); the second cancels
-everything at once and leaves the demo, listing what is left drained. With nothing running, Ctrl-C on an
-empty prompt leaves the demo (as before), Ctrl-C with text typed clears the line, SIGTERM leaves.
+Ctrl-C (a key while a prompt waits, SIGINT otherwise) means what the prompt it is pressed at is about:
+- with text typed at a prompt: the line is cleared, nothing else (as in a shell); with a release running
+  a hint says what Ctrl-C on an empty prompt would do;
+- at a confirmation (Confirm?, Type "yes"): "no"; at a command's own, the command is cancelled, nothing
+  is done, and it says so; at a release's (the second ask of a dangerous answer: `restore_unhealthy`) the
+  dangerous answer is not taken and the safe default is, saying so;
+- on an empty command prompt, at a release's own question (node failed: retry | restore | leave?) and
+  while a typed command holds the prompt, it is frontend.py's signal, as SIGINT and SIGTERM from outside
+  are: the first aborts every running release, in the background or not, and lets it finish that abort
+  (the release's question is moot then, and is taken down saying so; with no release running it cancels
+  the command in progress); the second cancels everything at once and leaves the demo, listing what is
+  left drained. With nothing running, Ctrl-C on an empty command prompt leaves the demo (as before), and
+  so does SIGTERM.
 
 Leaving (`exit`, Ctrl-D) while a release runs is refused, naming `/release abort`: leaving would stop the
-demo with a node drained and maybe stopped. If the terminal itself goes away, the releases are aborted
-and waited for, and what is left drained is listed.
+demo with a node drained and maybe stopped. If the terminal itself goes away (SIGHUP: the window was
+closed, ssh dropped; or its input closed), nobody is left to answer: the running releases are aborted and
+waited for, at most HANG_UP_WAIT (then cancelled, as by a second signal, CANCEL_GRACE for their cleanup),
+what is left drained is listed, and the demo ends. Once the terminal is gone, what would have been printed
+is logged instead (stderr may be a file); a SIGHUP that comes again is the same hang-up, and a SIGINT or
+SIGTERM after it stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.terminal.frontend import CANCEL_GRACE, SIGNAL_NAMES, TerminalFrontEnd, signals_handled
+from bot.terminal.frontend import CANCEL_GRACE, SIGNAL_NAMES, TerminalFrontEnd, hung_up_outputs, signals_handled
 from bot.terminal.prompt import CtrlC, CtrlD, LineReader, Withdrawn, output_to_console
 from commands.errors import UserError
 from commands.events import DecisionNeeded, Event, ReleaseFinished, ReleaseUpdate
@@ -45,6 +58,9 @@ from commands.service import CommandService
 log = logging.getLogger(__name__)
 COMMAND_PROMPT = "upstream-bot> "
 EXIT_WORDS = ("exit", "quit", "/exit", "/quit")
+# The terminal went away: how long the aborted releases may take to finish their abort (the demo's steps
+# and health window take up to 30 s each) before they are cancelled and what they leave is listed.
+HANG_UP_WAIT = 60.0
 
 
 def is_release(line: str) -> bool:
@@ -59,6 +75,7 @@ def is_release(line: str) -> bool:
 class Question:
     prompt: str
     first: bool  # the typed command's own (a confirmation): before the releases' questions
+    confirmation: bool  # Confirm?, Type "yes" (the command's, or a release's for a dangerous answer)
     answer: asyncio.Future[str | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     hinted: bool = False  # how to answer it (and how not to) was printed
     waiting_told: bool = False  # "a question waits" was printed
@@ -71,8 +88,8 @@ class Questions:
         self._pending: list[Question] = []
         self._changed = changed
 
-    async def ask(self, prompt: str, first: bool) -> str | None:
-        question = Question(prompt, first)
+    async def ask(self, prompt: str, first: bool, confirmation: bool) -> str | None:
+        question = Question(prompt, first, confirmation)
         self._pending.append(question)
         self._changed()
         try:
@@ -119,20 +136,25 @@ class InteractiveFrontEnd(TerminalFrontEnd):
         self._change = asyncio.Event()
         self._shown: Question | _CommandPrompt | None = None
         self._leaving: str | None = None  # "bye", "now" (second signal), "closed" (the terminal went away)
+        self._gone_why = ""  # what told that the terminal went away: "SIGHUP", "end of input"
+        self._console = contextlib.ExitStack()  # the output sent above the prompt (output_to_console)
 
     # -- output and questions -------------------------------------------------------------------------
 
     def _print(self, line: str) -> None:
+        if self.output_gone:
+            log.warning("%s", line)
+            return
         self.reader.print_lines([line])
 
     def _end_prompt_line(self) -> None:
         pass  # the prompt of a question given up on is taken down (and said so) by `_answer`
 
     async def _ask_command(self, prompt: str) -> str | None:
-        return await self.questions.ask(prompt, first=True)
+        return await self.questions.ask(prompt, first=True, confirmation=True)
 
-    async def _ask_release(self, prompt: str) -> str | None:
-        return await self.questions.ask(prompt, first=False)
+    async def _ask_release(self, prompt: str, confirmation: bool = False) -> str | None:
+        return await self.questions.ask(prompt, first=False, confirmation=confirmation)
 
     def _decision_prompt(self, event: DecisionNeeded, options: tuple[str, ...], default: str) -> str:
         # Asked while other things are printed and typed: the prompt itself says what it is about.
@@ -169,7 +191,8 @@ class InteractiveFrontEnd(TerminalFrontEnd):
         if banner:
             self._print(banner)
         try:
-            with output_to_console(self.reader), signals_handled(asyncio.get_running_loop(), self._on_signal):
+            with self._console, signals_handled(asyncio.get_running_loop(), self._on_signal):
+                self._console.enter_context(output_to_console(self.reader))
                 while True:
                     ended = await self._step()
                     if ended is not None:
@@ -199,17 +222,21 @@ class InteractiveFrontEnd(TerminalFrontEnd):
         except Withdrawn:
             return
         except CtrlC as key:
-            if key.typed and not self._jobs():
-                return  # clears the line, as in a shell
-            self._interrupt_by("Ctrl-C")
+            if key.typed:
+                self._line_cleared()
+            else:
+                self._interrupt_by("Ctrl-C")
             return
         except CtrlD as eof:
-            self._exit(eof.closed)
+            if eof.closed:
+                self._hang_up("end of input")
+            else:
+                self._exit()
             return
         finally:
             self._shown = None
         if line in EXIT_WORDS:
-            self._exit(closed=False)
+            self._exit()
         elif line:
             self.foreground = self._start(line)
 
@@ -227,13 +254,20 @@ class InteractiveFrontEnd(TerminalFrontEnd):
             if question.answer.cancelled():
                 self._print(f"{question.prompt}(no longer asked)")
             return
-        except CtrlC:
-            self._interrupt_by("Ctrl-C")
-            return
+        except CtrlC as key:
+            if question.confirmation:  # Ctrl-C is "no": what asked says what that means (cancelled)
+                self._print("(Ctrl-C: no)")  # under the prompt's line, left on the screen as it was
+                answer = ""
+            elif key.typed:
+                self._line_cleared()  # the question is asked again
+                return
+            else:  # a release's question: the first signal (its abort answers the question)
+                self._interrupt_by("Ctrl-C")
+                return
         except CtrlD as eof:
             answer = None  # as at the end of piped input: the safe answer
             if eof.closed:
-                self._exit(closed=True)
+                self._hang_up("end of input")
         finally:
             self._shown = None
         if answer is not None and answer.startswith("/") and not question.first:
@@ -307,8 +341,36 @@ class InteractiveFrontEnd(TerminalFrontEnd):
             for line in self.interrupted_lines(job.line, finished, state, job.interrupted):
                 self._print(line)
 
+    def _line_cleared(self) -> None:
+        """Ctrl-C with text typed: the line is cleared, nothing else; with a release running, a hint."""
+        if self.signals:
+            self._print("(line cleared; Ctrl-C on an empty prompt stops everything at once and leaves the demo)")
+        elif self._running():
+            self._print("(line cleared; Ctrl-C on an empty prompt aborts the running release)")
+
     def _on_signal(self, sig: signal.Signals) -> None:
-        self._interrupt_by(SIGNAL_NAMES.get(sig, sig.name))
+        if sig == signal.SIGHUP:
+            self._hang_up("SIGHUP")
+        else:
+            self._interrupt_by(SIGNAL_NAMES.get(sig, sig.name))
+
+    def _hang_up(self, why: str) -> None:
+        """The terminal went away: leave as the module's doc says (once: a closing terminal may say it twice)."""
+        if self.hung_up:
+            log.info("%s: the terminal's going away is being handled already", why)
+            return
+        self.hung_up = True
+        if 1 in hung_up_outputs():  # printing fails now: lines go to the log, and the log to stderr again
+            self.output_gone = True
+            self._console.close()
+            log.warning("%s: the terminal is gone; what would be printed is logged from here on", why)
+        if self._leaving == "now":
+            return  # stopping at once already
+        self._gone_why = why
+        self._leaving = "closed" if self._jobs() else "bye"
+        self.signals = max(self.signals, 1)  # a SIGINT or SIGTERM from here on is a second signal
+        self._changed()
+        self.reader.withdraw()
 
     def _interrupt_by(self, name: str) -> None:
         jobs = self._jobs()
@@ -344,11 +406,9 @@ class InteractiveFrontEnd(TerminalFrontEnd):
             self._print(f"{name}: stopping at once")
             self.foreground.task.cancel()
 
-    def _exit(self, closed: bool) -> None:
+    def _exit(self) -> None:
         running = sorted({job.app for job in self.background if job.app and not job.over})
-        if closed and self._jobs():
-            self._leaving = "closed"  # nobody is left to answer: abort, wait, list what is left
-        elif not running:
+        if not running:
             self._leaving = "bye"
         else:
             app = running[0]
@@ -361,14 +421,24 @@ class InteractiveFrontEnd(TerminalFrontEnd):
     async def _leave(self) -> bool:
         jobs = self._jobs()
         if self._leaving == "closed":
-            self._print("end of input: aborting the running release(s) before leaving")
+            why = self._gone_why
+            self._print(
+                f"{why}: the terminal went away; aborting the running release(s), waiting for the abort "
+                f"(at most {HANG_UP_WAIT:g} s) before leaving"
+            )
             for job in jobs:
-                job.interrupted = job.interrupted or "end of input"
+                job.interrupted = job.interrupted or why
             self._interrupt.set()
-            self._abort_releases("end of input")
+            self._abort_releases(why)
             if self.foreground is not None:
                 self.foreground.task.cancel()  # its questions would never be answered
-            await asyncio.wait({job.task for job in jobs})  # each ends after its abort (steps have timeouts)
+            _done, pending = await asyncio.wait({job.task for job in jobs}, timeout=HANG_UP_WAIT)
+            if pending and self._leaving == "closed":
+                self._print(f"{why}: the abort has not ended after {HANG_UP_WAIT:g} s: stopping at once")
+                for job in jobs:
+                    job.task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=CANCEL_GRACE)  # their cleanup; bounded
         elif jobs:  # "now": their cleanup after the cancel; "bye": ended releases writing their audit entries
             await asyncio.wait({job.task for job in jobs}, timeout=CANCEL_GRACE)  # bounded
         for job in jobs:

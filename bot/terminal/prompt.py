@@ -108,6 +108,8 @@ class PromptReader:
             raise CtrlC(session.default_buffer.text) from None
         except (CtrlD, EOFError):  # EOFError: prompt_toolkit's own, when the input closes
             raise CtrlD(closed=session.app.input.closed) from None
+        except OSError:  # drawing the prompt failed: the terminal hung up (EIO)
+            raise CtrlD(closed=True) from None
         finally:
             self._shown = None
         if result is _WITHDRAWN:
@@ -148,7 +150,8 @@ class PromptReader:
     def _write(self, text: str) -> None:
         output = self.commands.app.output
         output.write(text)  # escape sequences in it are neutralised: a line cannot move the cursor
-        output.flush()
+        with contextlib.suppress(OSError):  # the terminal hung up: the front end logs what it prints then
+            output.flush()
 
     async def drain(self) -> None:
         if self._last_write is not None:
