@@ -1,4 +1,8 @@
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -189,43 +193,29 @@ def test_a_health_url_with_an_unknown_placeholder_is_a_problem() -> None:
     assert any("apps.app.health.url:" in p and "{hostname}" in p for p in error.value.problems)
 
 
-def test_run_with_a_bad_consul_address_says_so_and_exits_2(tmp_path: object) -> None:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def run_status(tmp_path: object, config_text: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`upstream-bot run "/upstream status app"` with this config file and environment."""
     config = Path(str(tmp_path)) / "upstream-bot.yml"
-    config.write_text("apps:\n  app: {}\n")
-    env = {**os.environ, "UPSTREAM_BOT_CONFIG": str(config), "CONSUL_HTTP_ADDR": "http://127.0.0.1:99999"}
-    done = subprocess.run(
+    config.write_text(config_text)
+    full = {k: v for k, v in os.environ.items() if k != "CONSUL_HTTP_ADDR"}
+    full.update(env, UPSTREAM_BOT_CONFIG=str(config))
+    return subprocess.run(
         [sys.executable, "-m", "bot.cli", "run", "/upstream status app"],
-        env=env,
+        env=full,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_run_with_a_bad_consul_address_says_so_and_exits_2(tmp_path: object) -> None:
+    done = run_status(tmp_path, "apps:\n  app: {}\n", {"CONSUL_HTTP_ADDR": "http://127.0.0.1:99999"})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "CONSUL_HTTP_ADDR" in done.stdout + done.stderr and "Traceback" not in done.stderr
 
 
 def test_run_with_a_consul_timeout_of_0_says_so_and_exits_2(tmp_path: object) -> None:
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    config = Path(str(tmp_path)) / "upstream-bot.yml"
-    config.write_text("consul: {timeout: 0}\napps:\n  app: {}\n")
-    env = {**os.environ, "UPSTREAM_BOT_CONFIG": str(config)}
-    env.pop("CONSUL_HTTP_ADDR", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run", "/upstream status app"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_status(tmp_path, "consul: {timeout: 0}\napps:\n  app: {}\n", {})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "consul.timeout: must be more than 0" in done.stdout + done.stderr and "Traceback" not in done.stderr
 
