@@ -177,6 +177,16 @@ def config_path(cli_path: str | None, env: Mapping[str, str]) -> str:
     return cli_path or env.get("UPSTREAM_BOT_CONFIG") or DEFAULT_PATH
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's reason and where, without its quote of the line: the line may hold a password (a URL's)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        where = error.problem_mark or error.context_mark
+        place = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        context = f" {error.context}" if error.context else ""
+        return f"{error.problem or 'cannot be read'}{context}{place}"
+    return type(error).__name__
+
+
 def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     env = os.environ if env is None else env
     file = Path(path)
@@ -185,7 +195,7 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
     try:
         raw = yaml.safe_load(file.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+        raise ConfigError([f"{path}: not valid YAML: {_yaml_problem(error)}"]) from None
     return parse_config(raw, env, source=path)
 
 

@@ -26,7 +26,7 @@ from pydantic import (
     WrapValidator,
 )
 
-from bot.durations import parse_duration
+from bot.durations import MAX_SECONDS, parse_duration
 from commands.quoting import without_credentials
 
 # Names the bot's own keys use beside the apps' (upstream-bot/locks/<app> and the watch's election lock).
@@ -94,7 +94,7 @@ POSITIVE_DURATION_PATTERN = DURATION_PATTERN.replace("^\\s*", "^\\s*(?=\\d*\\.?\
 def _duration_schema(number: dict[str, Any], pattern: str = DURATION_PATTERN) -> WithJsonSchema:
     return WithJsonSchema(
         {
-            "anyOf": [{"type": "string", "pattern": pattern}, {"type": "number", **number}],
+            "anyOf": [{"type": "string", "pattern": pattern}, {"type": "number", "maximum": MAX_SECONDS, **number}],
             "examples": ["500ms", "10s", "2m", "1h"],
         }
     )
@@ -136,7 +136,7 @@ def url(value: Any, placeholders: bool = False) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected an http(s) URL, e.g. http://127.0.0.1:8500, got {value!r}")
     shown = repr(without_credentials(value))
-    found = set(re.findall(r"\{[^}]*\}", value))
+    found = set(re.findall(r"\{[^}]*\}", without_credentials(value)))  # a password may hold braces
     unknown = sorted(found - {"{host}", "{port}"}) if placeholders else sorted(found)
     if unknown:
         allowed = "use {host} and {port}" if placeholders else "only health.url has placeholders ({host}, {port})"

@@ -6,6 +6,7 @@ import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+MAX_SECONDS = 366 * 86400.0  # no wait, window or timeout here needs more; timers (APScheduler) overflow far out
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
@@ -24,13 +25,19 @@ def parse_duration(value: object) -> float:
             raise not_a_duration
         if seconds < 0:
             raise ValueError(f"{value!r} is negative; a duration is 0 or more")
-        return seconds
+        return _bounded(value, seconds)
     match = _PATTERN.match(str(value))
     if not match:
         raise not_a_duration
     seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
     if not math.isfinite(seconds):  # digits past float's range
         raise not_a_duration
+    return _bounded(value, seconds)
+
+
+def _bounded(value: object, seconds: float) -> float:
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{value!r} is longer than a year (366 days): no duration here needs that much")
     return seconds
 
 

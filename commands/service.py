@@ -507,7 +507,9 @@ class CommandService:
     async def settle(self, timeout: float = 5.0) -> None:
         """Wait (bounded) for audit writes whose callers were cancelled; a failure is logged, as any."""
         if self._audit_writes:
-            await asyncio.wait(set(self._audit_writes), timeout=timeout)
+            _, late = await asyncio.wait(set(self._audit_writes), timeout=timeout)
+            if late:  # said, so an audit entry missing later is explained
+                log.error("%d audit entr(ies) not written within %g s of stopping: given up", len(late), timeout)
 
     async def mark_incident(
         self, app: str, incident: str, what: str, by: str, until: float, notifier: Notifier

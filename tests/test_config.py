@@ -443,6 +443,13 @@ def test_a_duration_is_finite() -> None:
         with pytest.raises(ValueError, match="is not a duration"):
             parse_duration(value)
     assert parse_duration(0) == 0.0 and parse_duration("1.5m") == 90.0
+    # Finite but absurd: `serve` crashed at start (APScheduler's timer overflowed on interval: 1e11h).
+    raw = yaml.safe_load(CONTRACT_EXAMPLE)
+    raw["apps"]["app"]["health"].update(interval="100000000000h", window="100000000000h")
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    assert any("apps.app.health.interval:" in p and "longer than a year" in p for p in error.value.problems)
+    assert parse_duration("8784h") == 366 * 86400  # a year is still taken
 
 
 def test_0_is_taken_where_it_means_no_wait() -> None:
@@ -507,3 +514,24 @@ def test_a_durations_schema_says_what_it_takes() -> None:
         assert number.get("minimum") == 0 and re.search(text["pattern"], "0s"), key
     text, number = branches("Consul.session_ttl")
     assert (number["minimum"], number["maximum"]) == (10, 86400)
+
+
+def test_a_yaml_mistake_is_placed_without_quoting_the_line(tmp_path: Path) -> None:
+    """PyYAML quotes the broken line; that line may hold a password (a URL's), so only where it is is said."""
+    from bot.config import load_config
+
+    config = tmp_path / "upstream-bot.yml"
+    config.write_text('consul:\n  addresses: ["http://u:s3cret@127.0.0.1:8500" x\napps: {}\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(str(config), {})
+    (problem,) = error.value.problems
+    assert "not valid YAML" in problem and "line 2, column 48" in problem and "s3cret" not in problem
+
+
+def test_braces_in_a_password_are_not_taken_for_placeholders() -> None:
+    raw = {"apps": {"app": {"nginx": {"status_url": "http://u:x{s3cret}y@127.0.0.1:8080/status"}}}}
+    assert parse_config(raw, {}).apps["app"].nginx.status_url == "http://u:x{s3cret}y@127.0.0.1:8080/status"
+    raw["apps"]["app"]["nginx"]["status_url"] = "http://u:x{s3cret}y@127.0.0.1:8080/{hostname}"
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, {})
+    assert "{hostname}" in str(error.value) and "s3cret" not in str(error.value)

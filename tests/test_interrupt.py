@@ -102,11 +102,13 @@ def nodes(tmp_path: Path, consul: Consul) -> Iterator[Nodes]:
 class Cli:
     """`upstream-bot ...` as a background process; its output goes to a file read while it runs."""
 
-    def __init__(self, args: list[str], folder: Path, env: dict[str, str], stdin: int | None = None) -> None:
+    def __init__(
+        self, args: list[str], folder: Path, env: dict[str, str], stdin: int | None = None, under: tuple[str, ...] = ()
+    ) -> None:
         self.log = folder / f"out-{time.monotonic_ns()}.txt"
         self._file = self.log.open("w")
         self.process = subprocess.Popen(
-            [*BIN, *args],
+            [*under, *BIN, *args],
             stdin=stdin if stdin is not None else subprocess.DEVNULL,
             stdout=self._file,
             stderr=subprocess.STDOUT,  # a traceback would land here too
@@ -139,10 +141,10 @@ class Cli:
             self._file.close()
 
 
-def run_release(nodes: Nodes, config: Path, yes: bool = True) -> Cli:
+def run_release(nodes: Nodes, config: Path, yes: bool = True, under: tuple[str, ...] = ()) -> Cli:
     args = ["run", "/release app --version 2", *(["--yes"] if yes else [])]
     env = {"UPSTREAM_BOT_CONFIG": str(config), "CONSUL_HTTP_ADDR": nodes.consul.url}
-    return Cli(args, nodes.folder, env, stdin=None if yes else subprocess.PIPE)
+    return Cli(args, nodes.folder, env, stdin=None if yes else subprocess.PIPE, under=under)
 
 
 def the_drained_node(nodes: Nodes) -> str:
@@ -179,6 +181,20 @@ def test_one_signal_during_a_step_aborts_the_release_and_puts_the_node_back(node
     assert httpx.get(f"http://{node}/ping", timeout=2, trust_env=False).status_code == 200
     assert processes_matching(deploy) == []
     assert "/undrain" not in out
+
+
+def test_a_release_run_under_nohup_outlives_the_session_closing(nodes: Nodes) -> None:
+    """`nohup upstream-bot run "/release ..." &` keeps a release past a logout: the SIGHUP the closing
+    session sends is ignored, as nohup asked, and the release goes on to its end."""
+    deploy = marker_sleep(3)
+    cli = run_release(nodes, nodes.config(deploy), under=("nohup",))
+    wait_until(lambda: processes_matching(deploy), 30, "the deploy step running")
+    cli.signal(signal.SIGHUP)
+    code = cli.wait(120)
+    out = cli.output
+    assert code == 0, out
+    assert "aborting" not in out and "succeeded" in out
+    assert drained(nodes.consul.url) == {a: 0 for a in nodes.addresses}
 
 
 @pytest.mark.parametrize("when", ["immediately", "during the abort's start"])

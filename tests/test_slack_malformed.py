@@ -81,13 +81,21 @@ def test_an_unreadable_body_is_refused_for_its_signature_before_it_is_read(tmp_p
             {"X-Slack-Request-Timestamp": "١٢", "X-Slack-Signature": "v0=" + "0" * 64},  # digits, not ASCII
             {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": "v0=é"},  # slack_sdk raised TypeError: a 500
             {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": "v0=" + "0" * 63},
+            {"X-Slack-Request-Timestamp": "9" * 400, "X-Slack-Signature": "v0=" + "0" * 64},  # overflowed: a 500
+            {"X-Slack-Request-Timestamp": "9" * 5000, "X-Slack-Signature": "v0=" + "0" * 64},
         ):
             headers = {k: v.encode() for k, v in odd.items()}  # UTF-8 bytes on the wire
             assert bot.post(body, headers=headers).status_code == 401, odd
-        # A body that cannot be read at all (gzip that is not): unsigned 401, signed 400, never a 500.
+        # A compressed body (gzip that is not): unsigned 401; with signature headers 415, never read (aiohttp
+        # would decompress it first, and logged the failure as an unhandled exception).
         garbage = "not gzip at all"
         gzip_headers = {"Content-Encoding": "gzip"}
         assert bot.post(garbage, headers=gzip_headers).status_code == 401
-        assert bot.post(garbage, headers={**sign(garbage), **gzip_headers}).status_code == 400
-        signed = bot.post(body)
+        fake = {"X-Slack-Request-Timestamp": now, "X-Slack-Signature": "v0=" + "ab" * 32}
+        assert bot.post(garbage, headers={**fake, **gzip_headers}).status_code == 415
+        assert bot.post(garbage, headers={**sign(garbage), **gzip_headers}).status_code == 415
+        signed = bot.post(body)  # the last request: every one before it was taken and answered
         assert signed.status_code == 400 and signed.json() == {"ok": False, "error": "malformed request"}
+        log = (tmp_path / "bot.log").read_text()
+    # Nothing an outsider sends becomes an ERROR with a traceback in the bot's log.
+    assert "Traceback" not in log and " ERROR " not in log, log

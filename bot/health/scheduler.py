@@ -400,7 +400,8 @@ class HealthWatcher:
         PROBES.labels(name, "failing").inc(len(probes) - healthy)
         events = watch.observe(self.clock.now(), upstream, probes, view, releasing)
         await self._post(events)
-        OPEN_INCIDENTS.labels(name).set(len(watch.incidents()))
+        if self.leading():  # a leadership lost while posting: the follower loop has cleared the gauge
+            OPEN_INCIDENTS.labels(name).set(len(watch.incidents()))
         if self.state is not None:
             await self._persist(watch, events)
 

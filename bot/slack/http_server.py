@@ -61,10 +61,17 @@ async def _unsigned(request: web.Request, verifier: SignatureVerifier) -> web.Re
     for its meaning until its signature holds, so an outsider cannot learn how bodies are parsed."""
     timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
     signature = request.headers.get("X-Slack-Signature", "")
-    if not (timestamp.isascii() and timestamp.isdigit()) or abs(time.time() - int(timestamp)) > MAX_SKEW:
+    # At most 12 digits: Unix seconds for 30,000 years, and int() of 5,000 digits would raise.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        return _invalid()
+    if abs(time.time() - int(timestamp)) > MAX_SKEW:
         return _invalid()
     if not SIGNATURE.fullmatch(signature):
         return _invalid()
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        # Slack never compresses what it sends, and the signature is of the bytes as sent: nothing to
+        # decompress (aiohttp would, before the signature could be checked).
+        return web.json_response({"error": "Content-Encoding is not taken"}, status=415)
     try:
         async with asyncio.timeout(BODY_WITHIN):
             body = await request.read()

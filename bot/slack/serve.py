@@ -73,7 +73,11 @@ async def serve(config: Config, http: bool, host: str, port: int) -> int:
                 # Every replica looks; the journal's check-and-set lets one tell each interrupted release.
                 InterruptionMonitor(service.releases, list(config.apps)).start(front.channel_notifier())
             if http:
-                runner = web.AppRunner(build_web_app(app, _consul_unready(service.store), secret), access_log=None)
+                # lingering_time=0: a body not read (an unsigned request is answered before it is) is not then
+                # read to its end by aiohttp, which logged a bad gzip body's error as an unhandled exception
+                # and kept a trickling client's connection for another 10 s.
+                web_app = build_web_app(app, _consul_unready(service.store), secret)
+                runner = web.AppRunner(web_app, access_log=None, lingering_time=0)
                 await runner.setup()
                 await web.TCPSite(runner, host, port).start()
                 print(f"upstream-bot serving Slack at http://{host}:{port}/slack/events", flush=True)

@@ -54,7 +54,9 @@ class ServerThread:
         self.loop.close()
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # shutdown_timeout: requests still waiting (a Consul blocking query may wait minutes) are not
+        # waited for at stop (aiohttp's default is 60 s, longer than stop() joins the thread).
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

@@ -469,8 +469,11 @@ def hung_up_outputs() -> set[int]:
 def signals_handled(loop: asyncio.AbstractEventLoop, handler: Callable[[signal.Signals], None]) -> Iterator[None]:
     """Ctrl-C (SIGINT), SIGTERM and SIGHUP go to `handler` inside the block; the handlers before are put
     back."""
-    previous = {sig: signal.getsignal(sig) for sig in SIGNAL_NAMES}
-    for sig in SIGNAL_NAMES:
+    # A signal ignored by whoever started us stays ignored: `nohup upstream-bot run "/release ..." &` is
+    # how a release is kept past a logout, and a closing session must not abort it.
+    handled = [sig for sig in SIGNAL_NAMES if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.getsignal(sig) for sig in handled}
+    for sig in handled:
         loop.add_signal_handler(sig, handler, sig)
     try:
         yield

@@ -14,9 +14,9 @@ typed at, never to another:
   abort is never one of them): `/release abort app` is typed there; the question is asked again after it.
 
 Ctrl-C (a key while a prompt waits, SIGINT otherwise) means what the prompt it is pressed at is about:
-- with text typed at a prompt: the line is cleared, nothing else (as in a shell); with a release running
-  a hint says what Ctrl-C on an empty prompt would do;
-- at a confirmation (Confirm?, Type "yes"): "no"; at a command's own, the command is cancelled, nothing
+- with text typed at a prompt other than a confirmation: the line is cleared, nothing else (as in a
+  shell); with a release running a hint says what Ctrl-C on an empty prompt would do;
+- at a confirmation (Confirm?, Type "yes"), typed at or not: "no"; at a command's own, the command is cancelled, nothing
   is done, and it says so; at a release's (the second ask of a dangerous answer: `restore_unhealthy`) the
   dangerous answer is not taken and the safe default is, saying so;
 - on an empty command prompt, at a release's own question (node failed: retry | restore | leave?) and
@@ -432,7 +432,8 @@ class InteractiveFrontEnd(TerminalFrontEnd):
             self._abort_releases(why)
             if self.foreground is not None:
                 self.foreground.task.cancel()  # its questions would never be answered
-            _done, pending = await asyncio.wait({job.task for job in jobs}, timeout=HANG_UP_WAIT)
+            # The last job may have ended since the hang-up was seen: nothing to wait for then.
+            _done, pending = await asyncio.wait({job.task for job in jobs}, timeout=HANG_UP_WAIT) if jobs else ((), ())
             if pending and self._leaving == "closed":
                 self._print(f"{why}: the abort has not ended after {HANG_UP_WAIT:g} s: stopping at once")
                 for job in jobs:
