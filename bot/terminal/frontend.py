@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from types import UnionType
 from typing import TextIO
 
 from bot.terminal.render import event_lines, option_label
@@ -156,10 +157,13 @@ class TerminalFrontEnd:
             log.warning("%s", line)
             return
         try:
-            print(line, file=self.out, flush=True)
+            self._write_line(line)
         except OSError as error:  # the terminal hung up (EIO), the pipe's reader went (EPIPE)
             self._lose_output(f"{type(error).__name__}: {error}")
             log.warning("%s", line)
+
+    def _write_line(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
 
     def _lose_output(self, why: str) -> None:
         """From now on, what is printed is logged instead; whatever is still buffered for the stream (and
@@ -169,6 +173,10 @@ class TerminalFrontEnd:
             log.warning("the output is gone (%s): what would be printed is logged from here on", why)
         with contextlib.suppress(OSError, ValueError):
             to_devnull(self.out.fileno())
+
+    def _reset_signals(self) -> None:
+        """Nothing runs any more: the next signal is a first one again."""
+        self.interrupted, self.signals, self._interrupt = None, 0, asyncio.Event()
 
     def _hang_up_outputs(self) -> None:
         """A SIGHUP came: the terminals that are gone are silenced (see the module's doc)."""
@@ -313,8 +321,8 @@ class TerminalFrontEnd:
         """`run_line` with Ctrl-C, SIGTERM and SIGHUP handled as the module says. None when it was cancelled;
         `interrupted` says whether a signal came."""
         loop = asyncio.get_running_loop()
-        self.release_state, self.interrupted, self.cancelled, self.signals = None, None, False, 0
-        self._interrupt = asyncio.Event()
+        self.release_state, self.cancelled = None, False
+        self._reset_signals()
         cancel_now = asyncio.Event()
         task = asyncio.ensure_future(self.run_line(line))
 
@@ -394,11 +402,7 @@ class TerminalFrontEnd:
         """What an interrupted command left: a release's drained nodes, or where to look."""
         if state is not None:
             return self.left_drained_lines(state)
-        try:
-            release = isinstance(parse_line(line), ReleaseRequest)
-        except UserError:
-            release = False
-        if release:
+        if is_request(line, ReleaseRequest):
             return [f"interrupted ({name}): no release had started; nothing is left drained"]
         how = "stopped before it finished" if not finished else "ended"
         return [f"interrupted ({name}): `{line}` {how}; `/upstream status` shows where things are"]
@@ -449,6 +453,14 @@ def to_devnull(fd: int) -> None:
         os.dup2(null, fd)
     finally:
         os.close(null)
+
+
+def is_request(line: str, kinds: type | UnionType) -> bool:
+    """`line` parses as one of these requests (a line that does not parse is none of them)."""
+    try:
+        return isinstance(parse_line(line), kinds)
+    except UserError:
+        return False
 
 
 def hung_up_outputs() -> set[int]:

@@ -46,11 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.terminal.frontend import CANCEL_GRACE, SIGNAL_NAMES, TerminalFrontEnd, hung_up_outputs, signals_handled
+from bot.terminal.frontend import CANCEL_GRACE, SIGNAL_NAMES, TerminalFrontEnd, is_request, signals_handled
 from bot.terminal.prompt import CtrlC, CtrlD, LineReader, Withdrawn, output_to_console
-from commands.errors import UserError
 from commands.events import DecisionNeeded, Event, ReleaseFinished, ReleaseUpdate
-from commands.grammar import parse_line
 from commands.release_state import ReleaseState
 from commands.requests import ReleaseRequest, ReleaseResumeRequest
 from commands.service import CommandService
@@ -65,10 +63,7 @@ HANG_UP_WAIT = 60.0
 
 def is_release(line: str) -> bool:
     """The command runs a release (or takes one up) once confirmed."""
-    try:
-        return isinstance(parse_line(line), ReleaseRequest | ReleaseResumeRequest)
-    except UserError:
-        return False
+    return is_request(line, ReleaseRequest | ReleaseResumeRequest)
 
 
 @dataclass(eq=False)
@@ -141,11 +136,12 @@ class InteractiveFrontEnd(TerminalFrontEnd):
 
     # -- output and questions -------------------------------------------------------------------------
 
-    def _print(self, line: str) -> None:
-        if self.output_gone:
-            log.warning("%s", line)
-            return
+    def _write_line(self, line: str) -> None:
         self.reader.print_lines([line])
+
+    def _lose_output(self, why: str) -> None:
+        self._console.close()  # first: the log goes to stderr again, not above a prompt that is gone
+        super()._lose_output(why)
 
     def _end_prompt_line(self) -> None:
         pass  # the prompt of a question given up on is taken down (and said so) by `_answer`
@@ -321,8 +317,7 @@ class InteractiveFrontEnd(TerminalFrontEnd):
             self.background.remove(job)
         self._report(job)
         if not self._jobs() and self._leaving is None:
-            # Nothing runs any more: the next Ctrl-C is a first one again.
-            self.signals, self.interrupted, self._interrupt = 0, None, asyncio.Event()
+            self._reset_signals()  # nothing runs any more: the next Ctrl-C is a first one again
         self._changed()
 
     def _report(self, job: Job) -> None:
@@ -360,10 +355,7 @@ class InteractiveFrontEnd(TerminalFrontEnd):
             log.info("%s: the terminal's going away is being handled already", why)
             return
         self.hung_up = True
-        if 1 in hung_up_outputs():  # printing fails now: lines go to the log, and the log to stderr again
-            self.output_gone = True
-            self._console.close()
-            log.warning("%s: the terminal is gone; what would be printed is logged from here on", why)
+        self._hang_up_outputs()  # printing fails now: lines go to the log, and the log to stderr again
         if self._leaving == "now":
             return  # stopping at once already
         self._gone_why = why
