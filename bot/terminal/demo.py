@@ -81,7 +81,8 @@ async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = Fal
         return 2
     ports = list(range(base_port, base_port + count))
     spare = base_port + count  # running, not registered: something to try `/upstream add` on
-    busy = [p for p in [*ports, spare] if not port_free(p)]
+    services = [*ports, spare]
+    busy = [p for p in services if not port_free(p)]
     if busy:
         print(
             f"error: port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; stop what uses them "
@@ -94,7 +95,7 @@ async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = Fal
     server = ServerThread(standin.app()).start()
     state = Path(tempfile.mkdtemp(prefix="upstream-bot-demo-"))
     try:
-        for port in [*ports, spare]:
+        for port in services:
             start_sample_service(port, state_dir=state)
         config = demo_config(server.url, ports, state)
         async with service_for(config, echo=None) as service:
@@ -111,7 +112,7 @@ async def run_demo(base_port: int = 9001, count: int = 3, assume_yes: bool = Fal
             )
         return 0 if finished else EXIT_INTERRUPTED  # left with a second Ctrl-C during a command
     finally:
-        for port in [*ports, spare]:
+        for port in services:
             stop_sample_service(port, state)
         server.stop()
         shutil.rmtree(state, ignore_errors=True)
