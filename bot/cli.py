@@ -9,9 +9,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from bot.config import Config, ConfigError, config_path, config_schema, environment_problems, load_config
 from commands.service import Outcome
+
+if TYPE_CHECKING:
+    from bot.config import Config
 
 EXIT_OK, EXIT_REFUSED, EXIT_CONFIG, EXIT_FAILED = 0, 1, 2, 3
 # Ctrl-C or SIGTERM during `run` (the first aborts a running release and waits for that abort, the
@@ -60,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config | None:
+    # Imported here: the config's models take about a quarter of a second to build, which `agent` (its
+    # own config) and `--help` need not pay.
+    from bot.config import ConfigError, config_path, load_config
+
     path = config_path(args.config, os.environ)
     try:
         return load_config(path)
@@ -74,6 +81,8 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return EXIT_CONFIG
+    from bot.config import environment_problems
+
     problems, notes = environment_problems(config, os.environ)
     if args.connect:
         from bot.consul.store import ConsulStore
@@ -164,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "config-schema":
+        from bot.config import config_schema
+
         print(json.dumps(config_schema(), indent=2))
         return EXIT_OK
     if args.command == "agent":
