@@ -118,7 +118,7 @@ def _environment_addresses(env: Mapping[str, str]) -> tuple[list[str], list[str]
 def _settings(file: ConfigFile, env_addresses: list[str], env: Mapping[str, str], source: str) -> Config:
     consul = ConsulConfig(
         addresses=tuple(env_addresses or file.consul.addresses),
-        prefix=file.consul.prefix.strip("/"),
+        prefix=file.consul.prefix,  # without its slashes already (Prefix)
         token=env.get("CONSUL_HTTP_TOKEN") or None,
         timeout=file.consul.timeout,
         session_ttl=file.consul.session_ttl,

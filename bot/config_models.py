@@ -58,6 +58,7 @@ from bot.config_types import (
     one_of,
     whole,
 )
+from commands.versions import DEFAULT_PATTERN
 
 NULL = {"type": "null"}
 
@@ -306,7 +307,7 @@ class Release(Section):
     """after nginx stops routing to a node, before its stop step"""
     step_timeout: PositiveDuration = 300.0
     """a step's default timeout (it is killed on the node after it)"""
-    version_pattern: VersionPattern = r"^[A-Za-z0-9._-]{1,64}$"
+    version_pattern: VersionPattern = DEFAULT_PATTERN
     """--version must match it; it narrows, never widens, the allowed characters"""
     steps: Steps = {}
     """step name to shell command (or {run, timeout}); with executor: agent, a list of step names"""

@@ -26,8 +26,10 @@ from pydantic import (
     WrapValidator,
 )
 
-from bot.durations import MAX_SECONDS, parse_duration
+from bot.durations import DURATION_PATTERN, MAX_SECONDS, parse_duration
+from commands.access import SLACK_ID_PATTERN
 from commands.quoting import without_credentials
+from commands.settings import APP_NAME_PATTERN
 
 # Names the bot's own keys use beside the apps' (upstream-bot/locks/<app> and the watch's election lock).
 RESERVED_APP_NAMES = ("watch",)
@@ -85,9 +87,7 @@ def one_of(*choices: str) -> Any:
     return Annotated[Literal[choices], explained(f"expected one of {', '.join(choices)}, got {{got}}")]
 
 
-# `bot.durations` reads them; an editor checks them with this pattern (a test keeps the two the same).
-DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$"
-# The same with a digit other than 0 in the number: more than 0.
+# The same as DURATION_PATTERN with a digit other than 0 in the number: more than 0.
 POSITIVE_DURATION_PATTERN = DURATION_PATTERN.replace("^\\s*", "^\\s*(?=\\d*\\.?\\d*[1-9])", 1)
 
 
@@ -103,9 +103,10 @@ def _duration_schema(number: dict[str, Any], pattern: str = DURATION_PATTERN) ->
 def _more_than_zero(value: Any) -> float:
     """A duration more than 0 (a negative number is refused as 0 is, not as "a duration is 0 or more")."""
     negative = isinstance(value, int | float) and not isinstance(value, bool) and value < 0
-    if negative or parse_duration(value) <= 0:
+    seconds = 0.0 if negative else parse_duration(value)
+    if seconds <= 0:
         raise ValueError(f"must be more than 0, got {value!r}")
-    return parse_duration(value)
+    return seconds
 
 
 def _a_session_ttl(seconds: float) -> float:
@@ -135,8 +136,9 @@ def url(value: Any, placeholders: bool = False) -> str:
     health URL), `{host}` and `{port}` may stand for the node's address; no other URL has any."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected an http(s) URL, e.g. http://127.0.0.1:8500, got {value!r}")
-    shown = repr(without_credentials(value))
-    found = set(re.findall(r"\{[^}]*\}", without_credentials(value)))  # a password may hold braces
+    safe = without_credentials(value)
+    shown = repr(safe)
+    found = set(re.findall(r"\{[^}]*\}", safe))  # not in the password: it may hold braces
     unknown = sorted(found - {"{host}", "{port}"}) if placeholders else sorted(found)
     if unknown:
         allowed = "use {host} and {port}" if placeholders else "only health.url has placeholders ({host}, {port})"
@@ -162,7 +164,7 @@ def consul_address(value: Any) -> str:
     """A Consul agent's URL; `127.0.0.1:8500` is taken as http://127.0.0.1:8500 (as CONSUL_HTTP_ADDR is)."""
     if not isinstance(value, str):
         raise ValueError(f"expected an address such as http://127.0.0.1:8500, got {value!r}")
-    address = normalise_address(url(normalise_address(value)))
+    address = url(normalise_address(value))  # url() gives back what it is given
     parsed = urlparse(address)
     # The client would drop these without a word: /v1/... is added to the address itself, and the token
     # goes in CONSUL_HTTP_TOKEN, never in a URL (it would be logged with it).
@@ -209,7 +211,7 @@ ConsulAddresses = Annotated[
 
 SlackId = Annotated[
     str,
-    StringConstraints(pattern=r"^[UWS][A-Z0-9]{2,}$"),
+    StringConstraints(pattern=SLACK_ID_PATTERN),
     explained(
         "{got} is not a Slack user ID (U..., W...) or user-group ID (S...); display names are refused because "
         "anyone can change theirs"
@@ -251,7 +253,6 @@ def _not_reserved(name: str) -> str:
     return name
 
 
-APP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 AppName = Annotated[
     str,
     StringConstraints(pattern=APP_NAME_PATTERN),

@@ -40,7 +40,8 @@ def is_local(who: str) -> bool:
     return who.startswith(LOCAL)
 
 
-_SLACK_ID = re.compile(r"^[UWS][A-Z0-9]{2,}$")
+SLACK_ID_PATTERN = r"^[UWS][A-Z0-9]{2,}$"  # a user (U, W) or a user group (S); the config takes the same
+_SLACK_ID = re.compile(SLACK_ID_PATTERN)
 
 
 def mention(who: str) -> str:

@@ -24,6 +24,7 @@ from commands.requests import (
     UndrainRequest,
     WatchRequest,
 )
+from commands.settings import APP_NAME_PATTERN
 from commands.versions import DEFAULT_PATTERN, version_problem
 
 COMMANDS = ("/upstream", "/drain", "/undrain", "/release")
@@ -49,7 +50,7 @@ USAGE: dict[str, str] = {
 }
 
 DEFAULT_VERSION_PATTERN = DEFAULT_PATTERN
-_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_APP_NAME = re.compile(APP_NAME_PATTERN)
 
 
 def usage(command: str = "") -> str:

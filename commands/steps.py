@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 from commands.errors import UserError
 from commands.quoting import quoted
-from commands.settings import AppSettings
+from commands.settings import APP_NAME_PATTERN, AppSettings
 from commands.versions import version_problem
 
 TAIL_LINES = 20  # lines of stdout/stderr kept in a result
 LINE_CHARS = 500  # a longer line is cut: one runaway line must not fill a Slack message
-_APP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_APP = re.compile(APP_NAME_PATTERN)
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 _PLACEHOLDER = re.compile(r"\{(app|host|port|version)\}")
 

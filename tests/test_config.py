@@ -401,10 +401,21 @@ def test_a_rule_is_reported_beside_the_other_problems_of_its_section() -> None:
 
 
 def test_the_schemas_duration_pattern_is_the_one_durations_are_read_with() -> None:
-    from bot import durations
-    from bot.config_types import DURATION_PATTERN
+    """An editor (the schema's pattern) and check-config (parse_duration) take the same strings."""
+    import re
 
-    assert DURATION_PATTERN == durations._PATTERN.pattern
+    from bot.config import config_schema
+    from bot.durations import parse_duration
+
+    drain_wait = config_schema()["definitions"]["Release"]["properties"]["drain_wait"]
+    (pattern,) = [s["pattern"] for s in drain_wait["anyOf"] if s.get("type") == "string"]
+    for text in ("500ms", "10s", " 2 m ", "1.5h", "0", "7", "-1s", "1d", "abc", "1.5.2s", "10 S", "s", ""):
+        try:
+            parse_duration(text)
+            taken = True
+        except ValueError:
+            taken = False
+        assert bool(re.search(pattern, text)) == taken, text
 
 
 def test_every_key_in_the_schema_has_a_description() -> None:
