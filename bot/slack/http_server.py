@@ -79,7 +79,7 @@ async def _unsigned(request: web.Request, verifier: SignatureVerifier) -> web.Re
         return web.json_response({"error": "request body too slow"}, status=408)
     except web.HTTPException:
         raise  # aiohttp's own answer (413 for a body over client_max_size)
-    except Exception as error:  # a body that cannot be read (a bad Content-Encoding): say so, no traceback
+    except Exception as error:  # a body that cannot be read (bad chunked framing): say so, no traceback
         log.warning("Slack request body could not be read (%s: %s)", type(error).__name__, error)
         return web.json_response({"error": "unreadable body"}, status=400)
     try:
