@@ -15,8 +15,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -73,8 +74,11 @@ class SocketModeBot(Bot):
 
 
 @contextmanager
-def socket_mode_bot(folder: Path, config_text: str) -> Iterator[SocketModeBot]:
-    """The stand-ins (Consul, Slack's Web API, Socket Mode) and `upstream-bot serve` connected to them."""
+def socket_mode_bot(
+    folder: Path, config_text: str, slack_down_until: Callable[[SlackStandIn], bool] | None = None
+) -> Iterator[SocketModeBot]:
+    """The stand-ins (Consul, Slack's Web API, Socket Mode) and `upstream-bot serve` connected to them.
+    `slack_down_until`: Slack's Web API answers 503 from the start until this holds (checked from a thread)."""
     consul = Consul()
     socket = SocketModeStandIn()
     socket_server = ServerThread(socket.app()).start()
@@ -82,10 +86,23 @@ def socket_mode_bot(folder: Path, config_text: str) -> Iterator[SocketModeBot]:
     slack = SlackStandIn(socket_mode=socket.open_url)
     slack_server = ServerThread(slack.app()).start()
     bot = SocketModeBot(consul, slack, slack_server.url, socket)
+    lifting = None
+    if slack_down_until is not None:
+        slack.set_faults(status=503)
+        condition = slack_down_until
+
+        def lift() -> None:
+            wait_until(lambda: condition(slack), timeout=30, what="the bot trying Slack while it is down")
+            slack.clear_faults()
+
+        lifting = threading.Thread(target=lift, daemon=True)
+        lifting.start()
     try:
         with _serving(bot, folder, config_text):
             yield bot
     finally:
+        if lifting is not None:
+            lifting.join(35)
         slack_server.stop()
         socket_server.stop()
         consul.stop()
@@ -227,3 +244,21 @@ def test_an_app_token_slack_refuses_stops_serve_with_exit_2_and_says_why(tmp_pat
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Slack refused SLACK_APP_TOKEN (apps.connections.open: not_allowed_token_type)" in done.stderr
     assert "Traceback" not in done.stderr and len(slack.calls("apps.connections.open")) == 1  # asked once
+
+
+def test_slack_down_when_serve_starts_is_waited_out_and_the_bot_then_answers(tmp_path: Path) -> None:
+    """Slack's Web API answering 503 at start (auth.test and apps.connections.open alike) is not a refused
+    token: serve keeps trying and connects once Slack is back; the first command is then acknowledged."""
+
+    def tried_twice(slack: SlackStandIn) -> bool:
+        return len([c for c in slack.calls("apps.connections.open") if c.fault]) >= 2
+
+    with socket_mode_bot(tmp_path, CONFIG, slack_down_until=tried_twice) as bot:
+        assert bot.process is not None and bot.process.poll() is None  # still serving, not exited 2
+        opened = bot.slack.calls("apps.connections.open")
+        assert [c.fault for c in opened[:2]] == ["status 503", "status 503"] and not opened[-1].fault
+        bot.reset()
+        envelope = bot.send_command("/upstream", "status app")
+        bot.acknowledged(envelope)
+        bot.said(lambda c: "2 of 2 serving" in c.text, method="chat.postEphemeral")
+
